@@ -1,0 +1,113 @@
+"""Recurrent cores: `forward(inputs, state) -> (outputs, state)` and `begin_state(batch_size)`.
+
+    core = ScratchRNN(input_size=28, num_hiddens=512)        # D2L 8.5, explicit parameters
+    core = TorchRNN("lstm", input_size=28, num_hiddens=512)   # D2L 8.6 / 9.x, cuDNN on a GPU
+    outputs, state = core(inputs, core.begin_state(batch_size))
+
+Inputs are time-major: token indices of shape (T, B), which a core treats as one-hot vectors of
+width `input_size`, or float features (T, B, input_size) from an embedding. Outputs are
+(T, B, num_hiddens); the language-model head lives in `rnnlab.lm`, so cores are interchangeable.
+States are tuples of tensors, so the RNN's (H,) and the LSTM's (H, C) go through the same code.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+State = tuple[torch.Tensor, ...]
+
+
+class ScratchRNN(nn.Module):
+    """The book's RNN: H_t = tanh(X_t W_xh + H_{t-1} W_hh + b_h), with a Python loop over time.
+
+    `fast=True` (default) has the same math with less work: the one-hot product X_t W_xh is a row
+    lookup of W_xh done for all steps at once, and the bias is added there too. `fast=False` is the
+    book written plainly: a one-hot matrix product at every step.
+    `keep_prob` < 1 turns on Tallec & Ollivier's unbiased randomized truncation in training: at
+    each step the gradient path through H is cut with probability 1 - keep_prob, and otherwise
+    scaled by 1 / keep_prob, so the expected gradient equals the untruncated one.
+    """
+
+    def __init__(self, input_size: int, num_hiddens: int = 512, fast: bool = True,
+                 sigma: float = 0.01):
+        super().__init__()
+        if num_hiddens <= 0:
+            raise ValueError(f"model.core.num_hiddens={num_hiddens} must be a positive integer")
+        self.input_size, self.num_hiddens, self.fast = input_size, num_hiddens, fast
+        self.W_xh = nn.Parameter(torch.randn(input_size, num_hiddens) * sigma)
+        self.W_hh = nn.Parameter(torch.randn(num_hiddens, num_hiddens) * sigma)
+        self.b_h = nn.Parameter(torch.zeros(num_hiddens))
+        self.keep_prob = 1.0
+
+    def begin_state(self, batch_size: int) -> State:
+        return (torch.zeros(batch_size, self.num_hiddens, device=self.W_hh.device),)
+
+    def input_projection(self, inputs: torch.Tensor) -> torch.Tensor | None:
+        """X W_xh + b_h for all steps at once, or None in the book's per-step mode."""
+        if inputs.is_floating_point():
+            return inputs @ self.W_xh + self.b_h
+        if self.fast:
+            return F.embedding(inputs.long(), self.W_xh) + self.b_h
+        return None
+
+    def forward(self, inputs: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        (H,) = state
+        xw = self.input_projection(inputs)
+        keep = None
+        if self.training and self.keep_prob < 1.0:  # drawn on the CPU: no device sync per step
+            keep = (torch.rand(len(inputs)) < self.keep_prob).tolist()
+        outputs = []
+        for t in range(len(inputs)):
+            if keep is not None:
+                H = H + (1 / self.keep_prob - 1) * (H - H.detach()) if keep[t] else H.detach()
+            if xw is None:
+                X = F.one_hot(inputs[t].long(), self.input_size).float()
+                H = torch.tanh(X @ self.W_xh + H @ self.W_hh + self.b_h)
+            else:
+                H = torch.tanh(torch.addmm(xw[t], H, self.W_hh))
+            outputs.append(H)
+        return torch.stack(outputs), (H,)
+
+    @torch.no_grad()
+    def load_from_torch_rnn(self, rnn: nn.RNN) -> None:
+        """Copy a 1-layer tanh `nn.RNN`'s weights (its two biases add up to our one)."""
+        self.W_xh.copy_(rnn.weight_ih_l0.T)
+        self.W_hh.copy_(rnn.weight_hh_l0.T)
+        self.b_h.copy_(rnn.bias_ih_l0 + rnn.bias_hh_l0)
+
+
+class TorchRNN(nn.Module):
+    """`nn.RNN`, `nn.GRU` or `nn.LSTM` (cuDNN on a GPU) behind the same interface."""
+
+    KINDS = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
+
+    def __init__(self, kind: str, input_size: int, num_hiddens: int = 512, num_layers: int = 1,
+                 dropout: float = 0.0):
+        super().__init__()
+        if kind not in self.KINDS:
+            raise ValueError(f"model.core.kind={kind!r} is unknown; use one of {list(self.KINDS)}")
+        for key, value in (("num_hiddens", num_hiddens), ("num_layers", num_layers)):
+            if value <= 0:
+                raise ValueError(f"model.core.{key}={value} must be a positive integer")
+        self.kind, self.input_size = kind, input_size
+        self.num_hiddens, self.num_layers = num_hiddens, num_layers
+        self.rnn = self.KINDS[kind](input_size, num_hiddens, num_layers,
+                                    dropout=dropout if num_layers > 1 else 0.0)
+
+    def begin_state(self, batch_size: int) -> State:
+        weight = self.rnn.weight_hh_l0
+        zeros = lambda: torch.zeros(self.num_layers, batch_size, self.num_hiddens,  # noqa: E731
+                                    device=weight.device, dtype=weight.dtype)
+        return (zeros(), zeros()) if self.kind == "lstm" else (zeros(),)
+
+    def forward(self, inputs: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        if not inputs.is_floating_point():
+            inputs = F.one_hot(inputs.long(), self.input_size).to(self.rnn.weight_hh_l0.dtype)
+        outputs, new_state = self.rnn(inputs, state if self.kind == "lstm" else state[0])
+        return outputs, new_state if self.kind == "lstm" else (new_state,)
+
+
+def detach_state(state: State) -> State:
+    return tuple(s.detach() for s in state)

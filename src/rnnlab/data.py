@@ -1,0 +1,239 @@
+"""Minibatches of language-model windows (D2L 8.3.4) and the LightningDataModule.
+
+    dm = TextDataModule(path=None, data_dir="outputs/data", sampling="sequential")
+    dm.prepare_data(); dm.setup()
+    for X, Y in dm.train_dataloader(): ...              # X, Y: (batch_size, num_steps), Y = X + 1
+
+One epoch is a *plan*: a list of minibatches, each given by `batch_size` start positions and one
+window length. Both sampling strategies and all three BPTT window modes are plans:
+- random sampling: from a random offset, the text is cut into non-overlapping windows whose order
+  is shuffled, so adjacent minibatches are not adjacent in the text;
+- sequential partitioning: from a random offset, the text is split into `batch_size` contiguous
+  streams and minibatch i+1 row j continues exactly where minibatch i row j ended;
+- windows `regular` (all `num_steps`), `randomized` (lengths drawn around `num_steps`, mean exactly
+  `num_steps`), `full` (one window per stream: the whole stream).
+The number of minibatches is the same every epoch, so Lightning's progress and checkpoints agree.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from rnnlab.corpus import read_text, resolve_corpus
+from rnnlab.vocab import PREPROCESS, TOKENS, Vocab, encode_corpus, preprocess
+
+SAMPLING = ("random", "sequential")
+WINDOWS = ("regular", "randomized", "full")
+
+
+@dataclass(frozen=True)
+class Window:
+    """One minibatch: rows start at `starts` and are `length` tokens long."""
+
+    starts: torch.Tensor
+    length: int
+
+
+def window_lengths(count: int, num_steps: int, mode: str, gen: torch.Generator) -> list[int]:
+    """`count` window lengths with mean exactly `num_steps` (randomized: in [n/2, 3n/2])."""
+    if mode != "randomized" or num_steps < 2:
+        return [num_steps] * count
+    half = num_steps // 2
+    # antithetic pairs (n+d, n-d) keep the total fixed, so the epoch covers the same text
+    devs = torch.randint(-half, half + 1, ((count + 1) // 2,), generator=gen)
+    lengths = torch.stack([num_steps + devs, num_steps - devs], 1).flatten()[:count]
+    if count % 2:
+        lengths[-1] = num_steps
+    return lengths[torch.randperm(count, generator=gen)].tolist()
+
+
+def plan_epoch(
+    num_tokens: int,
+    batch_size: int,
+    num_steps: int,
+    sampling: str,
+    windows: str = "regular",
+    gen: torch.Generator | None = None,
+) -> list[Window]:
+    """The minibatches of one epoch over a corpus of `num_tokens` (Y needs one token beyond X)."""
+    gen = gen if gen is not None else torch.Generator().manual_seed(0)
+    offset = int(torch.randint(0, num_steps, (1,), generator=gen))
+    # size the epoch for the largest offset, so every epoch has the same number of batches
+    usable = num_tokens - 1 - (num_steps - 1)
+    if windows == "full":
+        stream = (num_tokens - 1 - offset) // batch_size
+        starts = offset + torch.arange(batch_size) * stream
+        return [Window(starts, stream)] if stream > 0 else []
+    if sampling == "sequential":
+        stream = usable // batch_size
+        count = stream // num_steps
+        lengths = window_lengths(count, num_steps, windows, gen)
+        bases = offset + torch.arange(batch_size) * stream
+        plan, pos = [], 0
+        for length in lengths:
+            plan.append(Window(bases + pos, length))
+            pos += length
+        return plan
+    if sampling == "random":
+        count = usable // (batch_size * num_steps)
+        lengths = window_lengths(count, num_steps, windows, gen)
+        # lay batch_size windows of each minibatch's length along the text in a random order
+        owner = torch.arange(count).repeat_interleave(batch_size)
+        owner = owner[torch.randperm(len(owner), generator=gen)]
+        sizes = torch.tensor(lengths, dtype=torch.long)[owner]
+        starts = offset + torch.cumsum(sizes, 0) - sizes
+        order = torch.argsort(owner, stable=True).view(count, batch_size)
+        return [Window(starts[order[b]], lengths[b]) for b in range(count)]
+    raise ValueError(f"data.sampling={sampling!r} is unknown; use one of {list(SAMPLING)}")
+
+
+def eval_plan(num_tokens: int, batch_size: int, num_steps: int) -> list[Window]:
+    """Deterministic sequential windows from offset 0: evaluation covers the whole split."""
+    stream = (num_tokens - 1) // batch_size
+    bases = torch.arange(batch_size) * stream
+    plan = []
+    for pos in range(0, stream, num_steps):
+        plan.append(Window(bases + pos, min(num_steps, stream - pos)))
+    return plan
+
+
+class PlanSampler(Sampler):
+    """Yields an epoch's Windows; Lightning calls `set_epoch`, which reshuffles from the seed."""
+
+    def __init__(self, num_tokens, batch_size, num_steps, sampling, windows, seed, train=True):
+        self.args = (num_tokens, batch_size, num_steps, sampling, windows)
+        self.seed, self.train, self.epoch = seed, train, 0
+        self.skip = 0  # windows to skip once, when resuming in the middle of an epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def plan(self) -> list[Window]:
+        num_tokens, batch_size, num_steps, sampling, windows = self.args
+        if not self.train:
+            return eval_plan(num_tokens, batch_size, num_steps)
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return plan_epoch(num_tokens, batch_size, num_steps, sampling, windows, gen)
+
+    def __iter__(self):
+        plan, self.skip = self.plan()[self.skip :], 0
+        return iter(plan)
+
+    def __len__(self) -> int:
+        return len(self.plan())
+
+
+class WindowDataset(Dataset):
+    """Maps a Window to its (X, Y) minibatch by index arithmetic on the flat corpus."""
+
+    def __init__(self, corpus: torch.Tensor):
+        self.corpus = corpus
+
+    def __getitem__(self, w: Window) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = w.starts[:, None] + torch.arange(w.length + 1)
+        rows = self.corpus[idx]
+        return rows[:, :-1], rows[:, 1:]
+
+    def __len__(self) -> int:  # a dataset of windows has no fixed length; the sampler decides
+        return len(self.corpus)
+
+
+class TextDataModule(pl.LightningDataModule):
+    """Corpus -> vocab (from the training split) -> train/val/test index tensors -> windows."""
+
+    def __init__(
+        self,
+        path: str | None = None,
+        data_dir: str = "outputs/data",
+        preprocess: str = "letters",
+        token: str = "char",
+        min_freq: int = 0,
+        reserved_tokens: list[str] | tuple = (),
+        max_tokens: int | None = None,
+        splits: tuple[float, float, float] = (0.9, 0.05, 0.05),
+        batch_size: int = 32,
+        num_steps: int = 35,
+        sampling: str = "sequential",
+        windows: str = "regular",
+        num_workers: int = 0,
+        seed: int = 0,
+    ):
+        super().__init__()
+        checks = [("preprocess", preprocess, PREPROCESS), ("token", token, TOKENS),
+                  ("sampling", sampling, SAMPLING), ("windows", windows, WINDOWS)]
+        for key, value, allowed in checks:
+            if value not in allowed:
+                raise ValueError(f"data.{key}={value!r} is unknown; use one of {list(allowed)}")
+        for key, value in (("batch_size", batch_size), ("num_steps", num_steps)):
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"data.{key}={value!r} must be a positive integer")
+        if windows == "full" and sampling != "sequential":
+            raise ValueError("bptt=full backpropagates through whole streams and needs "
+                             f"data.sampling=sequential, not {sampling!r}")
+        if len(splits) != 3 or min(splits) < 0 or splits[0] <= 0 or abs(sum(splits) - 1) > 1e-6:
+            raise ValueError(f"data.splits={list(splits)} must be 3 non-negative fractions "
+                             f"(train > 0) summing to 1, e.g. [0.9, 0.05, 0.05]")
+        self.path, self.data_dir = path, data_dir
+        self.preprocess_mode, self.token = preprocess, token
+        self.min_freq, self.reserved_tokens = min_freq, list(reserved_tokens)
+        self.max_tokens, self.splits = max_tokens, tuple(splits)
+        self.batch_size, self.num_steps = batch_size, num_steps
+        self.sampling, self.windows = sampling, windows
+        self.num_workers, self.seed = num_workers, seed
+        self.vocab: Vocab | None = None
+        self.corpus: dict[str, torch.Tensor] = {}
+
+    def prepare_data(self) -> None:
+        resolve_corpus(self.path, self.data_dir)  # downloads the default corpus once
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.vocab is not None:
+            return
+        path = resolve_corpus(self.path, self.data_dir)
+        text = preprocess(read_text(path), self.preprocess_mode)
+        ids, vocab = encode_corpus(text, self.token, self.splits[0], self.min_freq,
+                                   self.reserved_tokens, self.max_tokens)
+        if len(vocab) <= 1 + len(self.reserved_tokens):
+            raise ValueError(f"the vocabulary of {path} holds only <unk> and reserved tokens; "
+                             f"lower data.min_freq={self.min_freq} or use a larger corpus")
+        n = len(ids)
+        n_train, n_val = int(n * self.splits[0]), int(n * self.splits[1])
+        self.corpus = {"train": ids[:n_train], "val": ids[n_train : n_train + n_val],
+                       "test": ids[n_train + n_val :]}
+        need = self.batch_size * (self.num_steps + 1) + self.num_steps
+        if n_train < need:
+            raise ValueError(
+                f"the training split of {path} has {n_train} tokens, fewer than one minibatch "
+                f"needs ({need} = batch_size*(num_steps+1)+num_steps); lower data.batch_size="
+                f"{self.batch_size} or data.num_steps={self.num_steps}, or use a larger corpus")
+        for split in ("val", "test"):
+            if self.splits[("val", "test").index(split) + 1] > 0 and \
+                    len(self.corpus[split]) < self.batch_size + 1:
+                raise ValueError(
+                    f"the {split} split has {len(self.corpus[split])} tokens, fewer than "
+                    f"data.batch_size+1={self.batch_size + 1}; lower data.batch_size or raise "
+                    f"the {split} fraction in data.splits")
+        self.vocab = vocab
+
+    def _loader(self, split: str) -> DataLoader:
+        sampler = PlanSampler(len(self.corpus[split]), self.batch_size, self.num_steps,
+                              self.sampling, self.windows, self.seed, train=split == "train")
+        return DataLoader(WindowDataset(self.corpus[split]), sampler=sampler, batch_size=None,
+                          num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0,
+                          multiprocessing_context="fork" if self.num_workers > 0 and
+                          os.name == "posix" else None)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")

@@ -1,0 +1,80 @@
+"""Text generation (D2L 8.5.4): warm up on a prefix, then predict greedily or by sampling.
+
+    model, vocab, token = load_checkpoint("outputs/runs/.../checkpoints/last.ckpt")
+    print(generate(model, vocab, "time traveller", num_preds=50, token=token))
+
+A checkpoint carries the resolved config and the vocabulary, so nothing else is needed.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from rnnlab.lm import LanguageModel
+from rnnlab.vocab import Vocab, join_tokens, tokenize
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def generate(
+    model: LanguageModel,
+    vocab: Vocab,
+    prefix: str,
+    num_preds: int = 50,
+    token: str = "char",
+    temperature: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> str:
+    """`prefix` followed by `num_preds` predicted tokens; temperature 0 is greedy (the book)."""
+    if temperature < 0:
+        raise ValueError(f"temperature={temperature} must be >= 0 (0 = greedy)")
+    was_training = model.training
+    model.eval()
+    tokens = tokenize(prefix, token)
+    if not tokens:
+        raise ValueError("prefix is empty; give at least one token to warm up on, e.g. "
+                         "prefix='time traveller'")
+    ids = vocab[tokens]
+    if all(i == vocab.unk for i in ids):
+        log.warning("prefix %r has no token in the vocabulary; every token maps to <unk>", prefix)
+    state = tuple(s.to(model.device) for s in model.begin_state(1))
+    inputs = torch.tensor([ids], device=model.device)
+    logits, state = model(inputs, state)  # warm-up: the state absorbs the whole prefix
+    out = []
+    for _ in range(num_preds):
+        last = logits[-1]
+        if temperature == 0:
+            nxt = int(last.argmax())
+        else:
+            probs = torch.softmax(last / temperature, -1).cpu()
+            nxt = int(torch.multinomial(probs, 1, generator=generator))
+        out.append(nxt)
+        logits, state = model(torch.tensor([[nxt]], device=model.device), state)
+    model.train(was_training)
+    return join_tokens(tokens + vocab.to_tokens(out), token)
+
+
+def load_checkpoint(path: str | Path, map_location: str = "cpu"
+                    ) -> tuple[LanguageModel, Vocab, str]:
+    """Rebuild the model from the config and vocab stored in a training checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ckpt_path={path} does not exist; pass a .ckpt from a run's "
+                                f"checkpoints/ folder")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+        cfg = OmegaConf.create(ckpt["run_config"])
+        vocab = Vocab.from_dict(ckpt["vocab"])
+    except Exception as e:  # truncated file, not a checkpoint, or one from another program
+        raise ValueError(f"ckpt_path={path} is not a readable rnnlab checkpoint ({e}); "
+                         f"use checkpoints/last.ckpt or best*.ckpt of a training run") from e
+    model = instantiate(cfg.model, vocab_size=len(vocab))
+    model.load_state_dict(ckpt["state_dict"])
+    model.vocab, model.token = vocab, ckpt.get("token", "char")
+    return model, vocab, model.token

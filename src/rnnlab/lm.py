@@ -1,0 +1,243 @@
+"""The language-model LightningModule: input encoding, a recurrent core, an output head.
+
+    model = LanguageModel(core=partial(ScratchRNN, num_hiddens=512), vocab_size=28,
+                          optimizer=partial(torch.optim.SGD, lr=1.0))
+    trainer.fit(model, datamodule)                       # logs train/ppl, val/ppl, train/grad_norm
+
+Perplexity is exp(mean token cross-entropy) over a whole split: losses are summed per token as
+tensors during the epoch and divided once at its end (never a mean of per-batch perplexities).
+Hidden state: with sequential partitioning it is carried across minibatches and detached (so the
+window is the truncation point); with random sampling each minibatch starts from zeros. It is
+reset at every epoch start and before validation and test.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rnnlab.cores import ScratchRNN, State, detach_state
+
+log = logging.getLogger(__name__)
+
+
+def clip_grad_norm_book(params: list[nn.Parameter], theta: float) -> torch.Tensor:
+    """D2L's hand-written clipping: scale all gradients by min(1, theta / ||g||).
+    The min is a tensor op, so the step never waits on the device to compare norms."""
+    grads = [p.grad for p in params if p.grad is not None]
+    norm = torch.sqrt(sum(torch.sum(g * g) for g in grads))
+    scale = torch.clamp(theta / norm, max=1.0)
+    for g in grads:
+        g.mul_(scale)
+    return norm
+
+
+def global_grad_norm(params: list[nn.Parameter]) -> torch.Tensor:
+    grads = [p.grad for p in params if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+
+
+class LanguageModel(pl.LightningModule):
+    def __init__(
+        self,
+        core: Callable[..., nn.Module],
+        vocab_size: int,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable | None = None,
+        embedding_dim: int | None = None,
+        dropout: float = 0.0,
+        keep_prob: float = 1.0,
+    ):
+        super().__init__()
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"model.dropout={dropout} must be in [0, 1)")
+        if not 0.0 < keep_prob <= 1.0:
+            raise ValueError(f"bptt.keep_prob={keep_prob} must be in (0, 1]")
+        self.vocab_size = vocab_size
+        self.embedding = nn.Embedding(vocab_size, embedding_dim) if embedding_dim else None
+        self.core = core(input_size=embedding_dim or vocab_size)
+        self.head = nn.Linear(self.core.num_hiddens, vocab_size)
+        self.book_style = isinstance(self.core, ScratchRNN)
+        if self.book_style:  # the book's W_hq ~ N(0, 0.01^2), b_q = 0
+            nn.init.normal_(self.head.weight, std=0.01)
+            nn.init.zeros_(self.head.bias)
+            self.core.keep_prob = keep_prob
+        elif keep_prob < 1.0:
+            log.warning("bptt.keep_prob=%s applies to model=rnn_scratch only; ignored", keep_prob)
+        self.drop = nn.Dropout(dropout)
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.carry_state = True  # set from the datamodule's sampling in setup()
+        self.vocab = None  # the datamodule's Vocab; saved into every checkpoint
+        self.token = "char"
+        self.run_config: dict | None = None  # the resolved Hydra config, saved into checkpoints
+        self._state: State | None = None
+        self._reset_run_stats()
+
+    # ---- the network --------------------------------------------------------------------------
+    def forward(self, X: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """X: (B, T) token indices -> logits (T*B, V) in time-major order, new state."""
+        inputs = X.T
+        if self.embedding is not None:
+            inputs = self.drop(self.embedding(inputs.long()))
+        outputs, state = self.core(inputs, state)
+        outputs = self.drop(outputs)
+        if self.book_style and not self.core.fast:  # the book: the output layer at every step
+            return torch.cat([self.head(o) for o in outputs]), state
+        return self.head(outputs.reshape(-1, outputs.shape[-1])), state
+
+    def begin_state(self, batch_size: int) -> State:
+        return self.core.begin_state(batch_size)
+
+    # ---- training -----------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is not None:
+            self.carry_state = dm.sampling == "sequential"
+            self.vocab, self.token = dm.vocab, dm.token
+            if self.vocab is not None and len(self.vocab) != self.vocab_size:
+                raise ValueError(f"the model has {self.vocab_size} outputs but the data's "
+                                 f"vocabulary has {len(self.vocab)} tokens")
+
+    def _reset_run_stats(self) -> None:
+        self.steps_seen, self.clipped_steps = 0, torch.zeros(())
+        self.max_grad_norm = torch.zeros(())
+        self.diverged_at: int | None = None
+        self.last_finite_ppl = float("nan")
+
+    def _step_state(self, X: torch.Tensor, carry: bool) -> State:
+        if carry and self._state is not None and self._state[0].shape[-2] == X.shape[0]:
+            return detach_state(self._state)  # truncated BPTT: no gradient into the past window
+        return tuple(s.to(self.device) for s in self.begin_state(X.shape[0]))
+
+    def _loss(self, batch, carry: bool) -> tuple[torch.Tensor, int]:
+        X, Y = batch
+        logits, state = self(X, self._step_state(X, carry))
+        self._state = state if carry else None
+        return F.cross_entropy(logits, Y.T.reshape(-1).long()), Y.numel()
+
+    def on_train_epoch_start(self) -> None:
+        self._state = None
+        self._loss_sum, self._tokens, self._epoch_t0 = torch.zeros((), device=self.device), 0, \
+            time.perf_counter()
+        self._step_t0 = self._epoch_t0
+
+    def training_step(self, batch, batch_idx: int):
+        loss, n = self._loss(batch, self.carry_state)
+        if not torch.isfinite(loss):  # one scalar check; on the CPU it costs nothing
+            self._diverge(f"loss is {loss.item()}")
+            return None  # Lightning skips the update
+        self._loss_sum += loss.detach() * n
+        self._tokens += n
+        now = time.perf_counter()
+        self.log("train/ppl", torch.exp(loss.detach()), prog_bar=True)
+        self.log("train/tokens_per_s", n / max(now - self._step_t0, 1e-9))
+        self._step_t0 = now
+        return loss
+
+    def _diverge(self, why: str) -> None:
+        step = self.global_step
+        self.diverged_at = step
+        log.error("training diverged at step %d (%s); last finite train perplexity %.3f; "
+                  "stopping, the best checkpoint so far is kept", step, why, self.last_finite_ppl)
+        self.trainer.should_stop = True
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        norm = global_grad_norm(list(self.parameters()))  # before clipping, as the ablation needs
+        self.log("train/grad_norm", norm)
+        self.max_grad_norm = torch.maximum(self.max_grad_norm.to(norm.device), norm.detach())
+        theta = self.trainer.gradient_clip_val
+        if theta:
+            clipped = (norm > theta).float()
+            self.clipped_steps = self.clipped_steps.to(norm.device) + clipped
+            self.log("train/clipped", clipped, on_step=False, on_epoch=True)
+        self.steps_seen += 1
+        if not torch.isfinite(norm):
+            self._diverge(f"gradient norm is {norm.item()}")
+            for p in self.parameters():  # make the optimizer skip this step
+                p.grad = None
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None,
+                                    gradient_clip_algorithm=None) -> None:
+        if not gradient_clip_val:
+            return
+        if self.book_style:
+            clip_grad_norm_book([p for p in self.parameters() if p.grad is not None],
+                                gradient_clip_val)
+        else:
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm or "norm")
+
+    def on_train_epoch_end(self) -> None:
+        if self._tokens:
+            ppl = torch.exp(self._loss_sum / self._tokens)
+            self.log("train/ppl_epoch", ppl)
+            self.last_finite_ppl = float(ppl) if torch.isfinite(ppl) else self.last_finite_ppl
+            elapsed = time.perf_counter() - self._epoch_t0
+            self.log("train/tokens_per_s_epoch", self._tokens / max(elapsed, 1e-9))
+
+    # ---- evaluation ---------------------------------------------------------------------------
+    def _eval_start(self) -> None:
+        self._state = None
+        self._eval_sum, self._eval_tokens = torch.zeros((), device=self.device), 0
+
+    def _eval_step(self, batch) -> None:
+        loss, n = self._loss(batch, carry=True)  # eval windows are sequential: carry the state
+        self._eval_sum += loss * n
+        self._eval_tokens += n
+
+    def _eval_end(self, split: str) -> None:
+        if self._eval_tokens:
+            self.log(f"{split}/ppl", torch.exp(self._eval_sum / self._eval_tokens), prog_bar=True)
+        self._state = None
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval_start()
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_end("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._eval_start()
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_end("test")
+
+    # ---- optimisation and checkpoints ---------------------------------------------------------
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler,
+                                                         "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["vocab"] = self.vocab.to_dict() if self.vocab is not None else None
+        checkpoint["token"] = self.token
+        checkpoint["run_config"] = self.run_config
+        checkpoint["run_stats"] = {"steps_seen": self.steps_seen,
+                                   "clipped_steps": float(self.clipped_steps),
+                                   "max_grad_norm": float(self.max_grad_norm)}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        stats = checkpoint.get("run_stats") or {}
+        self.steps_seen = stats.get("steps_seen", 0)
+        self.clipped_steps = torch.tensor(stats.get("clipped_steps", 0.0))
+        self.max_grad_norm = torch.tensor(stats.get("max_grad_norm", 0.0))
+
+    def run_stats(self) -> dict:
+        """Totals over the whole run for summary.json (one sync, at the end)."""
+        return {"clipped_fraction": float(self.clipped_steps) / max(self.steps_seen, 1),
+                "max_grad_norm": float(self.max_grad_norm),
+                "diverged": self.diverged_at is not None, "diverged_at_step": self.diverged_at}

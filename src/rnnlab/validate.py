@@ -1,0 +1,64 @@
+"""Config checks made once, before any data is downloaded or any model is built.
+
+Each failure is a `ConfigError` whose one-line message names the key, the bad value and the fix;
+scripts print it without a traceback and exit with status 2.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from rnnlab.data import SAMPLING, WINDOWS
+from rnnlab.vocab import PREPROCESS, TOKENS
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _choice(key: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is unknown; use one of {list(allowed)}")
+
+
+def _positive_int(key: str, value) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"{key}={value!r} must be a positive integer")
+
+
+def validate_config(cfg: DictConfig) -> None:
+    data, model = cfg.data, cfg.model
+    _choice("data.sampling", data.sampling, SAMPLING)
+    _choice("data.token", data.token, TOKENS)
+    _choice("data.preprocess", data.preprocess, PREPROCESS)
+    _choice("bptt", cfg.bptt.windows, WINDOWS)
+    _positive_int("data.batch_size", data.batch_size)
+    _positive_int("data.num_steps", data.num_steps)
+    _positive_int("model.core.num_hiddens", model.core.num_hiddens)
+    if model.core.get("num_layers") is not None:
+        _positive_int("model.core.num_layers", model.core.num_layers)
+    if model.get("embedding_dim") is not None:
+        _positive_int("model.embedding_dim", model.embedding_dim)
+    if data.min_freq is not None and data.min_freq < 0:
+        raise ConfigError(f"data.min_freq={data.min_freq} must be >= 0")
+    if cfg.bptt.windows == "full" and data.sampling != "sequential":
+        raise ConfigError(f"bptt=full needs data.sampling=sequential, not {data.sampling!r}")
+    clip = cfg.trainer.get("gradient_clip_val")
+    if clip is not None and (not isinstance(clip, (int, float)) or clip < 0):
+        raise ConfigError(f"trainer.gradient_clip_val={clip!r} must be >= 0, or null for no "
+                          f"clipping")
+    ckpt = cfg.get("ckpt_path")
+    if ckpt is not None and not Path(ckpt).is_file():
+        raise ConfigError(f"ckpt_path={ckpt} does not exist; pass a run's "
+                          f"checkpoints/last.ckpt, or ckpt_path=null to start fresh")
+
+
+def full_bptt_bytes(batch_size: int, stream_len: int, num_hiddens: int, vocab_size: int,
+                    num_layers: int = 1, gates: int = 1) -> int:
+    """Activation memory autograd keeps for one backward through whole streams (float32):
+    per step and row, the saved hidden states and gate activations of every layer, plus the
+    one-hot input and the logits, softmax and their gradients over the vocabulary."""
+    per_token = num_layers * num_hiddens * (2 + 2 * gates) + 4 * vocab_size
+    return 4 * batch_size * stream_len * per_token
