@@ -11,7 +11,6 @@ jobs download it once.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import hashlib
 import os
@@ -81,9 +80,7 @@ def download(url: str, path: Path, sha1: str) -> Path:
                 f"Retry, or place a verified copy at {path}"
             )
         os.replace(tmp, path)
-    with contextlib.suppress(OSError):
-        (path.parent / f".{path.name}.lock").unlink()
-    return path
+    return path  # the lock file stays: deleting it could let two jobs hold different locks
 
 
 def resolve_corpus(path: str | os.PathLike | None, data_dir: str | os.PathLike) -> Path:
