@@ -25,8 +25,7 @@ class SampleText(pl.Callback):
         epoch = trainer.current_epoch + 1
         if not self.every_n_epochs or epoch % self.every_n_epochs or pl_module.vocab is None:
             return
-        text = generate(pl_module, pl_module.vocab, self.prefix, self.num_preds,
-                        token=pl_module.token)
+        text = generate(pl_module, self.prefix, self.num_preds)
         log.info("epoch %d sample: %s", epoch, text)
         for logger in trainer.loggers:
             if hasattr(logger.experiment, "add_text"):

@@ -28,6 +28,6 @@ def run_main(task: Callable[[DictConfig], object], cfg: DictConfig):
             multirun = False
         if multirun:
             raise
-        log.error("%s", e)
+        log.debug("error", exc_info=True)  # the traceback stays in the run's log file only
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -1,7 +1,7 @@
 """Text generation (D2L 8.5.4): warm up on a prefix, then predict greedily or by sampling.
 
-    model, vocab, token = load_checkpoint("outputs/runs/.../checkpoints/last.ckpt")
-    print(generate(model, vocab, "time traveller", num_preds=50, token=token))
+    model = load_checkpoint("outputs/runs/.../checkpoints/last.ckpt")
+    print(generate(model, "time traveller", num_preds=50))
 
 A checkpoint carries the resolved config and the vocabulary, so nothing else is needed.
 """
@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from rnnlab.lm import LanguageModel
-from rnnlab.vocab import Vocab, join_tokens, tokenize
+from rnnlab.vocab import Vocab, join_tokens, preprocess, tokenize
 
 log = logging.getLogger(__name__)
 
@@ -24,19 +24,20 @@ log = logging.getLogger(__name__)
 @torch.no_grad()
 def generate(
     model: LanguageModel,
-    vocab: Vocab,
     prefix: str,
     num_preds: int = 50,
-    token: str = "char",
     temperature: float = 0.0,
     generator: torch.Generator | None = None,
 ) -> str:
-    """`prefix` followed by `num_preds` predicted tokens; temperature 0 is greedy (the book)."""
+    """`prefix` followed by `num_preds` predicted tokens; temperature 0 is greedy (the book).
+    The prefix gets the training text's preprocessing first (e.g. lower-case for `letters`);
+    the model carries its vocabulary and tokenization (`model.vocab`, `model.token`)."""
     if temperature < 0:
         raise ValueError(f"temperature={temperature} must be >= 0 (0 = greedy)")
     was_training = model.training
     model.eval()
-    tokens = tokenize(prefix, token)
+    vocab, token = model.vocab, model.token
+    tokens = tokenize(preprocess(prefix, model.preprocess), token)
     if not tokens:
         raise ValueError("prefix is empty; give at least one token to warm up on, e.g. "
                          "prefix='time traveller'")
@@ -60,8 +61,7 @@ def generate(
     return join_tokens(tokens + vocab.to_tokens(out), token)
 
 
-def load_checkpoint(path: str | Path, map_location: str = "cpu"
-                    ) -> tuple[LanguageModel, Vocab, str]:
+def load_checkpoint(path: str | Path, map_location: str = "cpu") -> LanguageModel:
     """Rebuild the model from the config and vocab stored in a training checkpoint."""
     path = Path(path)
     if not path.is_file():
@@ -76,5 +76,6 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu"
                          f"use checkpoints/last.ckpt or best*.ckpt of a training run") from e
     model = instantiate(cfg.model, vocab_size=len(vocab))
     model.load_state_dict(ckpt["state_dict"])
-    model.vocab, model.token = vocab, ckpt.get("token", "char")
-    return model, vocab, model.token
+    model.vocab, model.token = vocab, cfg.data.token
+    model.preprocess = cfg.data.preprocess
+    return model

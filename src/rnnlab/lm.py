@@ -74,7 +74,7 @@ class LanguageModel(pl.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.carry_state = True  # set from the datamodule's sampling in setup()
         self.vocab = None  # the datamodule's Vocab; saved into every checkpoint
-        self.token = "char"
+        self.token, self.preprocess = "char", "letters"  # how text becomes tokens (generation)
         self.run_config: dict | None = None  # the resolved Hydra config, saved into checkpoints
         self._state: State | None = None
         self._reset_run_stats()
@@ -99,7 +99,7 @@ class LanguageModel(pl.LightningModule):
         dm = getattr(self.trainer, "datamodule", None)
         if dm is not None:
             self.carry_state = dm.sampling == "sequential"
-            self.vocab, self.token = dm.vocab, dm.token
+            self.vocab, self.token, self.preprocess = dm.vocab, dm.token, dm.preprocess_mode
             if self.vocab is not None and len(self.vocab) != self.vocab_size:
                 raise ValueError(f"the model has {self.vocab_size} outputs but the data's "
                                  f"vocabulary has {len(self.vocab)} tokens")
@@ -224,7 +224,6 @@ class LanguageModel(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["vocab"] = self.vocab.to_dict() if self.vocab is not None else None
-        checkpoint["token"] = self.token
         checkpoint["run_config"] = self.run_config
         checkpoint["run_stats"] = {"steps_seen": self.steps_seen,
                                    "clipped_steps": float(self.clipped_steps),

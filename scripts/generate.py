@@ -1,0 +1,37 @@
+"""Continue a prefix with a trained model; the checkpoint alone is enough (config + vocab inside).
+
+    python scripts/generate.py ckpt_path=outputs/runs/<date>/<time>/checkpoints/last.ckpt \
+        prefix="time traveller" num_preds=50 [temperature=0.8]
+"""
+
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[1]))
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from rnnlab.cli import run_main  # noqa: E402
+
+
+def sample(cfg: DictConfig) -> str:
+    import torch
+
+    from rnnlab.generate import generate, load_checkpoint
+
+    model = load_checkpoint(cfg.ckpt_path, map_location=cfg.device).to(cfg.device)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    text = generate(model, str(cfg.prefix), cfg.num_preds, cfg.temperature, gen)
+    print(text)
+    return text
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="generate")
+def main(cfg: DictConfig) -> None:
+    run_main(sample, cfg)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""The training job end to end, in-process with Hydra's compose API, on a tiny corpus."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from rnnlab.generate import generate, load_checkpoint
+from rnnlab.run import train
+
+COMBOS = [(m, s, b) for m in ("rnn_scratch", "rnn", "gru", "lstm")
+          for s in ("random", "sequential") for b in ("regular", "randomized", "full")
+          if not (b == "full" and s == "random")]
+
+
+def summary_of(cfg) -> dict:
+    return json.loads((Path(cfg.paths.output_dir) / "summary.json").read_text())
+
+
+@pytest.mark.parametrize("model, sampling, bptt", COMBOS)
+def test_every_model_sampling_bptt_trains_to_a_finite_perplexity(cfg_factory, model, sampling,
+                                                                 bptt):
+    cfg = cfg_factory(f"model={model}", f"data.sampling={sampling}", f"bptt={bptt}",
+                      "callbacks.sample_text.every_n_epochs=0", "test=false")
+    best = train(cfg)
+    s = summary_of(cfg)
+    assert s["status"] == "finished" and s["bptt"] == bptt and s["sampling"] == sampling
+    assert math.isfinite(best) and 1 < best < 100
+    assert s["global_step"] >= 1
+    if bptt == "full":
+        assert s["global_step"] == 1  # one update per epoch: the whole stream at once
+
+
+def test_summary_checkpoints_and_tensorboard(cfg_factory):
+    cfg = cfg_factory("trainer.max_epochs=2")
+    train(cfg)
+    out = Path(cfg.paths.output_dir)
+    s = summary_of(cfg)
+    for key in ("best_val_ppl", "final_val_ppl", "test_ppl", "tokens_per_s", "wall_time_s",
+                "epochs", "clipped_fraction", "max_grad_norm", "overrides"):
+        assert s[key] is not None, key
+    assert s["epochs"] == 2 and s["best_val_ppl"] <= s["final_val_ppl"]
+    assert Path(s["checkpoints"]["last"]).is_file() and Path(s["checkpoints"]["best"]).is_file()
+    assert (out / "config.yaml").is_file()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(out / "tb"), size_guidance={"tensors": 0})
+    acc.Reload()
+    scalars = set(acc.Tags()["scalars"])
+    assert {"train/ppl", "val/ppl", "test/ppl", "train/grad_norm",
+            "train/tokens_per_s"} <= scalars
+    assert len(acc.Scalars("train/grad_norm")) == s["global_step"]  # every step
+    assert any("sample" in t for t in acc.Tags()["tensors"])  # generated text, text tab
+
+
+def test_same_seed_same_validation_perplexity(cfg_factory, tmp_path):
+    first = train(cfg_factory("data.sampling=random", "test=false"))
+    second = train(cfg_factory("data.sampling=random", "test=false"))
+    other = train(cfg_factory("data.sampling=random", "test=false", "seed=1"))
+    assert first == second and first != other
+
+
+def test_resume_from_last_checkpoint_continues_the_step_count(cfg_factory):
+    cfg = cfg_factory("test=false")
+    train(cfg)
+    s1 = summary_of(cfg)
+    last = s1["checkpoints"]["last"]
+    cfg2 = cfg_factory("test=false", "trainer.max_epochs=2", f"ckpt_path={last}")
+    train(cfg2)
+    s2 = summary_of(cfg2)
+    assert s2["global_step"] == 2 * s1["global_step"] and s2["epochs"] == 2
+
+
+def test_generation_from_the_checkpoint_alone(cfg_factory):
+    cfg = cfg_factory("test=false")
+    train(cfg)
+    model = load_checkpoint(summary_of(cfg)["checkpoints"]["last"])
+    text = generate(model, "The Time", num_preds=10)
+    assert text.startswith("the time") and len(text) == len("the time") + 10
+    assert set(text) <= set(model.vocab.idx_to_token)
+    gen = torch.Generator().manual_seed(0)
+    sampled = generate(model, "###", num_preds=5, temperature=1.0, generator=gen)
+    assert len(sampled) == 1 + 5  # '###' preprocesses to one space, an in-vocabulary token
+
+
+@pytest.mark.parametrize("model", ["rnn_scratch", "gru"])
+def test_clipping_logs_the_norm_before_clipping_and_the_clipped_fraction(cfg_factory, model):
+    cfg = cfg_factory(f"model={model}", "trainer.gradient_clip_val=0.001", "test=false")
+    train(cfg)
+    s = summary_of(cfg)
+    assert s["clipped_fraction"] == 1.0 and s["max_grad_norm"] > 0.001
