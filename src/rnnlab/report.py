@@ -1,0 +1,348 @@
+"""Summarise one or more Hydra sweeps of scripts/train.py: a table, plots and report.json.
+
+    python scripts/report.py outputs/multiruns/<date>/<time>
+    python scripts/report.py SWEEP_A SWEEP_B --baseline outputs/ngram.json   # one combined table
+
+    from rnnlab.report import write_report
+    markdown, written = write_report([Path("outputs/multiruns/<date>/<time>")])
+
+Writes into the first sweep dir: report.md, one row per configuration (the values of the
+overrides that vary between jobs, seed excluded) sorted by best val/ppl, the best starred, mean
+± sample std over seeds; report.json, the same rows (inf/nan as null); val_ppl.png; factors.png,
+one panel per swept key; grad_norm.png whenever any job logged train/grad_norm. Jobs without
+summary.json (running, killed, or failed before training) or with status failed are listed
+under "Missing / failed".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+METRICS = ("best_val_ppl", "final_val_ppl", "test_ppl", "train_ppl", "tokens_per_s",
+           "wall_time_s", "clipped_fraction", "max_grad_norm")
+COLUMNS = (("best val ppl", "best_val_ppl", None), ("final val ppl", "final_val_ppl", None),
+           ("test ppl", "test_ppl", None), ("tokens/s", "tokens_per_s", "{:,.0f}"),
+           ("wall s", "wall_time_s", "{:.1f}"), ("clipped", "clipped_fraction", "{:.1%}"),
+           ("max grad norm", "max_grad_norm", "{:.3g}"))
+NOT_SWEPT = {"seed"}  # seeds are averaged over, never a column
+CLIP = "trainer.gradient_clip_val"
+
+
+class ReportError(ValueError):
+    """A sweep dir that does not exist or holds no job dirs, or an unreadable baseline file."""
+
+
+@dataclass
+class Job:
+    sweep: str
+    dir: Path
+    name: str                      # the job dir relative to its sweep dir
+    overrides: list[str]
+    summary: dict | None           # None: no (readable) summary.json
+    config: dict | None            # the resolved config.yaml (or .hydra/config.yaml)
+    scalars: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+
+
+def find_jobs(sweep_dir: Path) -> list[Path]:
+    """Every dir below `sweep_dir` holding .hydra/ or summary.json, in job-number order (Hydra
+    nests a job dir in subdirs when an override value contains '/', e.g. data.path=...)."""
+    if not sweep_dir.is_dir():
+        raise ReportError(f"{sweep_dir}: no such directory")
+    dirs = {p.parent for pattern in (".hydra", "summary.json") for p in sweep_dir.rglob(pattern)}
+    dirs = [d for d in dirs if d != sweep_dir and ".hydra" not in d.relative_to(sweep_dir).parts]
+    if not dirs:
+        raise ReportError(f"{sweep_dir} is not a sweep dir: no job dirs with .hydra/ or "
+                          f"summary.json below it")
+    number = lambda d: int(m.group(1)) if (m := re.match(r"(\d+)_", d.relative_to(
+        sweep_dir).as_posix())) else math.inf
+    return sorted(dirs, key=lambda d: (number(d), str(d)))
+
+
+def load_scalars(job_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """tag -> sorted (step, value) from every TensorBoard event dir under the job dir."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out: dict[str, list[tuple[int, float]]] = {}
+    for d in sorted({f.parent for f in job_dir.rglob("events.out.tfevents.*")}):
+        acc = EventAccumulator(str(d), size_guidance={"scalars": 0})
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            out.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
+    return {tag: sorted(points) for tag, points in out.items()}
+
+
+def _read(path: Path, loader) -> object | None:
+    try:
+        return loader(path.read_text()) if path.is_file() else None
+    except (ValueError, yaml.YAMLError):
+        return None
+
+
+def load_job(sweep: str, sweep_dir: Path, job_dir: Path) -> Job:
+    summary = _read(job_dir / "summary.json", json.loads)
+    summary = summary if isinstance(summary, dict) else None
+    overrides = _read(job_dir / ".hydra" / "overrides.yaml", yaml.safe_load)
+    if not isinstance(overrides, list):
+        overrides = (summary or {}).get("overrides") or []
+    config = _read(job_dir / "config.yaml", yaml.safe_load) or _read(
+        job_dir / ".hydra" / "config.yaml", yaml.safe_load)
+    return Job(sweep, job_dir, job_dir.relative_to(sweep_dir).as_posix(),
+               [str(o) for o in overrides], summary, config if isinstance(config, dict) else None,
+               load_scalars(job_dir))
+
+
+def parse_override(override: str) -> tuple[str, str]:
+    key, _, value = override.partition("=")
+    return key.lstrip("+~"), value
+
+
+def swept_keys(jobs: list[Job]) -> list[str]:
+    """Override keys whose value differs between jobs (absent counts as a value), seed excluded."""
+    per_job = [dict(map(parse_override, j.overrides)) for j in jobs]
+    keys = list(dict.fromkeys(k for ov in per_job for k in ov))
+    return [k for k in keys if k not in NOT_SWEPT and len({ov.get(k) for ov in per_job}) > 1]
+
+
+def job_values(job: Job, keys: list[str]) -> dict[str, str]:
+    """The job's value for each key: its override, else the resolved config's, else 'default'."""
+    overrides = dict(map(parse_override, job.overrides))
+    out = {}
+    for key in keys:
+        if key == "sweep":
+            out[key] = job.sweep
+        elif key in overrides:
+            out[key] = overrides[key]
+        else:
+            value: object = job.config
+            for part in key.split("."):
+                value = value.get(part, {}) if isinstance(value, dict) else {}
+            out[key] = "default" if isinstance(value, (dict, list)) else \
+                json.dumps(value).strip('"')
+    return out
+
+
+def _mean_std(values: list[float]) -> dict:
+    n = len(values)
+    mean = sum(values) / n if n else None
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else None
+    return {"mean": mean, "std": std, "n": n}
+
+
+def aggregate(items: list[tuple[dict[str, str], dict]]) -> list[dict]:
+    """Group (configuration, summary) pairs by configuration: one row per configuration with the
+    job count n, the seeds, for each metric its mean, sample std (n > 1) and count of non-null
+    values, the statuses and how many jobs diverged. Sorted by mean best_val_ppl (missing or NaN
+    last); "best": True on the first row whose jobs all finished (not failed or diverged)."""
+    groups: dict[tuple, list[dict]] = {}
+    for config, summary in items:
+        groups.setdefault(tuple(config.items()), []).append(summary)
+    rows = []
+    for key, summaries in groups.items():
+        row: dict = {"config": dict(key), "n": len(summaries),
+                     "seeds": [s.get("seed") for s in summaries]}
+        for m in METRICS:
+            row[m] = _mean_std([float(s[m]) for s in summaries if isinstance(s.get(m), (int, float))
+                                and not isinstance(s.get(m), bool)])
+        counts = Counter(s.get("status", "unknown") for s in summaries)
+        row["status"] = ", ".join(st if c == len(summaries) else f"{st} x{c}"
+                                  for st, c in counts.items())
+        row["diverged"] = sum(bool(s.get("diverged")) or s.get("status") == "diverged"
+                              for s in summaries)
+        rows.append(row)
+    best = lambda r: r["best_val_ppl"]["mean"]
+    rows.sort(key=lambda r: math.inf if best(r) is None or math.isnan(best(r)) else best(r))
+    winner = next((r for r in rows if r["status"] == "finished" and best(r) is not None
+                   and math.isfinite(best(r))), None)
+    for row in rows:
+        row["best"] = row is winner
+    return rows
+
+
+def load_baseline(path: Path) -> dict:
+    """The "best" entry of scripts/corpus_stats.py's ngram.json: n, k, val_ppl, test_ppl."""
+    data = _read(path, json.loads) if path.is_file() else None
+    if data is None:
+        raise ReportError(f"--baseline {path}: no such file or not JSON")
+    best = data.get("best") if isinstance(data, dict) else None
+    if not isinstance(best, dict) or not isinstance(best.get("val_ppl"), (int, float)):
+        raise ReportError(f"--baseline {path}: expected {{\"best\": {{\"n\", \"k\", \"val_ppl\", "
+                          f"\"test_ppl\"}}}} as written by scripts/corpus_stats.py")
+    return best
+
+
+def _fmt(stat: dict, fmt: str | None) -> str:
+    mean, std = stat["mean"], stat["std"]
+    if mean is None:
+        return "-"
+    if fmt:
+        return fmt.format(mean) if math.isfinite(mean) else str(mean)
+    return f"{mean:.2f}" + (f" ± {std:.2f}" if std is not None else "")
+
+
+def render_table(rows: list[dict], keys: list[str], baseline: dict | None = None) -> str:
+    """The markdown table: rank (★ best), swept values, n, metrics, diverged, status."""
+    cell = lambda v: str(v).replace("|", "\\|")
+    lines = ["| " + " | ".join(["rank", *keys, "n", *(c[0] for c in COLUMNS), "diverged",
+                                "status"]) + " |"]
+    lines.append("|" + "---|" * (len(keys) + len(COLUMNS) + 4))
+    for i, row in enumerate(rows, 1):
+        metrics = [_fmt(row[m], fmt) for _, m, fmt in COLUMNS]
+        if row["best"]:
+            metrics[0] = f"**{metrics[0]}**"
+        div = "no" if not row["diverged"] else "yes" if row["diverged"] == row["n"] else \
+            f"yes ({row['diverged']}/{row['n']})"
+        status = row["status"] if row["status"] == "finished" else f"**{row['status']}**"
+        lines.append("| " + " | ".join([f"{i} ★" if row["best"] else str(i),
+                                        *(cell(row["config"].get(k, "")) for k in keys),
+                                        str(row["n"]), *metrics, div, status]) + " |")
+    if baseline:
+        val, test = (_fmt(_mean_std([float(baseline[k])] if isinstance(
+            baseline.get(k), (int, float)) else []), None) for k in ("val_ppl", "test_ppl"))
+        lines.append("| " + " | ".join([f"n-gram baseline (n={baseline.get('n')}, "
+                                        f"k={baseline.get('k')})", *[""] * (len(keys) + 1), val,
+                                        val, test, *["-"] * 4, "", ""]) + " |")
+    return "\n".join(lines)
+
+
+def missing_jobs(jobs: list[Job], keys: list[str]) -> list[dict]:
+    """Jobs without a readable summary.json (and what else they lack) or with status failed."""
+    out = []
+    for job in jobs:
+        if job.summary is not None and job.summary.get("status") != "failed":
+            continue
+        if job.summary is not None:
+            problem = f"status failed: {job.summary.get('error', 'no error recorded')}"
+        else:
+            log = job.dir / "train.log"
+            lines = log.read_text(errors="replace").splitlines() if log.is_file() else []
+            last = next((ln for ln in reversed(lines) if ln.strip()), None)
+            val = job.scalars.get("val/ppl")
+            problem = "; ".join(p for p in [
+                "summary.json unreadable" if (job.dir / "summary.json").exists()
+                else "no summary.json", None if (job.dir / "config.yaml").is_file()
+                else "no config.yaml", f"last val/ppl {val[-1][1]:.2f} at step {val[-1][0]}"
+                if val else "no val/ppl events", f"train.log ends: {last[:200]}" if last
+                else "train.log empty or absent"] if p)
+        out.append({"job": job.name, "values": job_values(job, keys + ["seed"]),
+                    "problem": problem})
+    return out
+
+
+def plot_curves(jobs: list[Job], keys: list[str], out_dir: Path) -> list[Path]:
+    """val_ppl.png; factors.png, one panel per key (when any); grad_norm.png whenever any job
+    logged train/grad_norm, coloured by trainer.gradient_clip_val when that is swept."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    short = {k: k.rsplit(".", 1)[-1] for k in keys}
+    short = short if len(set(short.values())) == len(short) else {k: k for k in keys}
+    seeds = len({job_values(j, ["seed"])["seed"] for j in jobs}) > 1
+    label = lambda j: ", ".join(f"{short.get(k, k)}={v}" for k, v in job_values(
+        j, keys + ["seed"] * seeds).items()) or j.name
+
+    def draw(ax, tag: str, key: str | None = None) -> None:
+        values = list(dict.fromkeys(job_values(j, [key])[key] for j in jobs)) if key else []
+        colour = {v: plt.cm.tab10(i % 10) for i, v in enumerate(values)}
+        finite = []
+        for j in jobs:
+            pts = [(s, v) for s, v in j.scalars.get(tag, []) if math.isfinite(v) and v > 0]
+            if pts:
+                finite += [v for _, v in pts]
+                ax.plot(*zip(*pts), marker="o", ms=3, lw=1.2, alpha=0.85, label=label(j),
+                        color=colour[job_values(j, [key])[key]] if key else None)
+        if key:
+            ax.legend(handles=[plt.Line2D([], [], color=c, label=v) for v, c in colour.items()],
+                      fontsize=7, title=key, title_fontsize=7)
+        elif len(jobs) <= 16:
+            ax.legend(fontsize=7)
+        for v, c in colour.items() if key == CLIP else ():
+            if re.fullmatch(r"[0-9.eE+]+", v) and float(v) > 0:
+                ax.axhline(float(v), color=c, ls="--", lw=0.8)  # the clipping threshold
+        if finite and max(finite) / min(finite) > 10:
+            ax.set_yscale("log")
+        ax.set(xlabel="step", ylabel=tag)
+        ax.grid(alpha=0.3)
+
+    def save(fig, name: str) -> Path:
+        fig.tight_layout()
+        fig.savefig(out_dir / name, dpi=100)
+        plt.close(fig)
+        return out_dir / name
+
+    written = []
+    if any(j.scalars.get("val/ppl") for j in jobs):
+        fig, ax = plt.subplots(figsize=(8, 5))
+        draw(ax, "val/ppl")
+        ax.set_title("validation perplexity, every job")
+        written.append(save(fig, "val_ppl.png"))
+        if keys:
+            cols = min(3, len(keys))
+            fig, axes = plt.subplots(math.ceil(len(keys) / cols), cols, squeeze=False,
+                                     figsize=(5 * cols, 4 * math.ceil(len(keys) / cols)))
+            for ax, key in zip(axes.flat, keys):
+                draw(ax, "val/ppl", key)
+            for ax in list(axes.flat)[len(keys):]:
+                ax.set_visible(False)
+            written.append(save(fig, "factors.png"))
+    if any(j.scalars.get("train/grad_norm") for j in jobs):
+        fig, ax = plt.subplots(figsize=(8, 5))
+        draw(ax, "train/grad_norm", CLIP if CLIP in keys else None)
+        ax.set_title("gradient norm before clipping" + (" (dashed: thresholds)" if CLIP in keys
+                                                        else ""))
+        written.append(save(fig, "grad_norm.png"))
+    return written
+
+
+def write_report(sweep_dirs: list[Path], baseline: Path | None = None) -> tuple[str, list[Path]]:
+    """Read every job of every sweep dir, write report.md/.json and the plots into the first;
+    returns the markdown and the paths written. Raises ReportError on a dir that is no sweep."""
+    sweep_dirs = list(dict.fromkeys(Path(d).resolve() for d in sweep_dirs))
+    names = [d.name for d in sweep_dirs]
+    labels = [n if names.count(n) == 1 else str(d) for n, d in zip(names, sweep_dirs)]
+    found = [(label, d, find_jobs(d)) for label, d in zip(labels, sweep_dirs)]
+    base = load_baseline(baseline) if baseline else None
+    jobs = [load_job(label, d, j) for label, d, dirs in found for j in dirs]
+    keys = swept_keys(jobs)
+    columns = (["sweep"] if len(sweep_dirs) > 1 else []) + keys
+    finished = [j for j in jobs if j.summary is not None]
+    rows = aggregate([(job_values(j, columns), j.summary) for j in finished])
+    for row in rows:
+        row["jobs"] = [j.name for j in finished if job_values(j, columns) == row["config"]]
+    table = render_table(rows, columns, base)
+    missing = missing_jobs(jobs, keys)
+    shared = sorted({o for j in jobs for o in j.overrides} - {
+        o for j in jobs for o in j.overrides if parse_override(o)[0] in keys + ["seed"]})
+    out_dir = sweep_dirs[0]
+    plots = plot_curves(jobs, columns, out_dir)
+    done = sum(j.summary is not None for j in jobs)
+    md = ["# Sweep report", "",
+          *(f"- sweep `{d}`: {len(js)} jobs" for _, d, js in found),
+          f"- {done} of {len(jobs)} jobs have summary.json; swept: "
+          + (", ".join(f"`{k}`" for k in keys) or "nothing")
+          + "; shared by all jobs: " + (", ".join(f"`{o}`" for o in shared) or "nothing"),
+          "- perplexities are mean ± sample std over seeds (n runs), other columns means; ★ marks "
+          "the lowest best val/ppl among configurations whose jobs all finished", "", table, ""]
+    if missing:
+        md += ["## Missing / failed", "", "Jobs without summary.json are still running, were "
+               "killed, or failed before training started (config check, data): see their "
+               "train.log and the sweep's console output.", ""]
+        md += [f"- `{m['job']}` ({', '.join(f'{k}={v}' for k, v in m['values'].items())}): "
+               f"{m['problem']}" for m in missing] + [""]
+    md += [f"![{p.stem}]({p.name})" for p in plots]
+    text = "\n".join(md) + "\n"
+    (out_dir / "report.md").write_text(text)
+    report = {"sweeps": [str(d) for d in sweep_dirs], "swept_keys": keys, "shared": shared,
+              "rows": rows, "baseline": base, "missing_or_failed": missing,
+              "plots": [p.name for p in plots]}
+    report = json.loads(json.dumps(report), parse_constant=lambda _: None)  # inf, nan -> null
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2))
+    return text, [out_dir / "report.md", out_dir / "report.json", *plots]

@@ -1,0 +1,202 @@
+"""scripts/report.py on real sweeps of scripts/train.py (tiny corpus, CPU); aggregate() alone."""
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from rnnlab.report import ReportError, aggregate, write_report
+
+torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parents[1]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+TEXT = ("The Time Traveller (for so it will be convenient to speak of him) was expounding a "
+        "recondite matter to us. His grey eyes shone and twinkled, and his usually pale face was "
+        "flushed and animated. ") * 12
+
+
+def script(name: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / name), *args], env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def multirun(out: Path, corpus: Path, *params: str) -> subprocess.CompletedProcess:
+    return script("train.py", "--multirun", *params, f"data.path={corpus}", "data.batch_size=2",
+                  "data.num_steps=5", "model.core.num_hiddens=8", "trainer.max_epochs=1",
+                  "trainer.accelerator=cpu", "torch_threads=1",
+                  "callbacks.sample_text.every_n_epochs=0", f"hydra.sweep.dir={out}")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("corpus") / "tiny.txt"
+    path.write_text(TEXT)
+    return path
+
+
+@pytest.fixture(scope="module")
+def sweep2x2(tmp_path_factory, corpus) -> Path:
+    out = tmp_path_factory.mktemp("sweeps") / "sampling_x_model"
+    r = multirun(out, corpus, "data.sampling=random,sequential", "model=rnn_scratch,rnn")
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def failed_sweep(tmp_path_factory, corpus) -> Path:
+    """A real sweep with one invalid value. Hydra's basic launcher runs every job of the batch and
+    only then re-raises the first failure (exit 1); the bad job fails in validate_config, before
+    run.py writes anything, so its dir holds only .hydra/ and an empty train.log."""
+    out = tmp_path_factory.mktemp("sweeps") / "clip"
+    r = multirun(out, corpus, "trainer.gradient_clip_val=-1,1")
+    assert r.returncode != 0 and "gradient_clip_val=-1" in r.stderr
+    return out
+
+
+def job_dir(sweep: Path, *needles: str) -> Path:
+    [hit] = [p.parent for p in sweep.rglob(".hydra")
+             if all(n in p.parent.relative_to(sweep).as_posix() for n in needles)]
+    return hit
+
+
+def assert_png(path: Path) -> None:
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE and len(data) > 5000, path
+
+
+def table_lines(markdown: str) -> list[str]:
+    """The table's data rows (after the header and the |---| line)."""
+    lines = [ln for ln in markdown.splitlines() if ln.startswith("|")]
+    return lines[2:]
+
+
+def test_report_on_a_real_2x2_sweep(sweep2x2):
+    r = script("report.py", str(sweep2x2))
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads((sweep2x2 / "report.json").read_text())
+    assert report["swept_keys"] == ["data.sampling", "model"]
+    assert "torch_threads=1" in report["shared"]
+    configs = {(row["config"]["data.sampling"], row["config"]["model"]) for row in report["rows"]}
+    assert configs == {(s, m) for s in ("random", "sequential") for m in ("rnn_scratch", "rnn")}
+    bests = [row["best_val_ppl"]["mean"] for row in report["rows"]]
+    assert all(math.isfinite(b) and 1 < b < 100 for b in bests) and bests == sorted(bests)
+    for row in report["rows"]:
+        assert row["n"] == 1 and row["status"] == "finished" and row["diverged"] == 0
+        assert math.isfinite(row["test_ppl"]["mean"]) and row["tokens_per_s"]["mean"] > 0
+    assert [row["best"] for row in report["rows"]] == [True, False, False, False]
+    assert report["missing_or_failed"] == []
+
+    markdown = (sweep2x2 / "report.md").read_text()
+    rows = table_lines(markdown)
+    assert len(rows) == 4 and rows[0].startswith("| 1 ★ |") and markdown.count("★") == 2
+    for line, row in zip(rows, report["rows"]):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[1:3] == [row["config"]["data.sampling"], row["config"]["model"]]
+        best = float(cells[4].strip("*").split()[0])
+        assert best == pytest.approx(row["best_val_ppl"]["mean"], abs=0.01)
+    assert "\n".join(rows) in r.stdout  # the table is printed too
+    assert "Missing / failed" not in markdown
+    for name in ("val_ppl.png", "factors.png", "grad_norm.png"):
+        assert_png(sweep2x2 / name)
+
+
+def test_a_failed_job_is_listed_and_the_others_reported(failed_sweep):
+    bad, good = job_dir(failed_sweep, "clip_val=-1"), job_dir(failed_sweep, "clip_val=1,")
+    assert not (bad / "summary.json").exists() and (good / "summary.json").is_file()
+    r = script("report.py", str(failed_sweep))
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads((failed_sweep / "report.json").read_text())
+    assert [row["config"] for row in report["rows"]] == [{"trainer.gradient_clip_val": "1"}]
+    assert math.isfinite(report["rows"][0]["best_val_ppl"]["mean"])
+    [missing] = report["missing_or_failed"]
+    assert missing["values"]["trainer.gradient_clip_val"] == "-1"
+    assert "no summary.json" in missing["problem"] and "no config.yaml" in missing["problem"]
+    markdown = (failed_sweep / "report.md").read_text()
+    assert len(table_lines(markdown)) == 1
+    section = markdown.split("## Missing / failed")[1]
+    assert "trainer.gradient_clip_val=-1" in section and "no summary.json" in section
+    assert_png(failed_sweep / "val_ppl.png")
+
+
+def test_several_sweeps_failed_and_diverged_summaries_and_a_baseline(sweep2x2, failed_sweep,
+                                                                     tmp_path):
+    # run.py writes status "failed" + error when training itself crashes, and "diverged" when the
+    # loss blows up; neither is cheap to provoke for real, so two finished jobs of a copy of the
+    # real sweep get their summary.json rewritten to what run.py would write in those cases.
+    copy = tmp_path / "edited"
+    shutil.copytree(sweep2x2, copy)
+    for needles, patch in [(("random", "model=rnn,"), {"status": "failed", "test_ppl": None,
+                                                       "error": "RuntimeError: boom"}),
+                           (("sequential", "model=rnn,"), {"status": "diverged", "diverged": True,
+                                                           "best_val_ppl": float("inf")})]:
+        path = job_dir(copy, *needles) / "summary.json"
+        path.write_text(json.dumps(json.loads(path.read_text()) | patch))
+    baseline = tmp_path / "ngram.json"
+    baseline.write_text(json.dumps({"best": {"n": 3, "k": 0.5, "val_ppl": 7.25, "test_ppl": 7.5},
+                                    "all": []}))
+    markdown, written = write_report([copy, failed_sweep], baseline=baseline)
+    assert written[0] == copy / "report.md" and all(p.exists() for p in written)
+    report = json.loads((copy / "report.json").read_text())
+    assert report["swept_keys"] == ["data.sampling", "model", "trainer.gradient_clip_val"]
+    rows = report["rows"]
+    assert len(rows) == 5 and {r["config"]["sweep"] for r in rows} == {"edited", "clip"}
+    by = {(r["config"]["sweep"], r["config"]["data.sampling"], r["config"]["model"]): r
+          for r in rows}
+    assert by["edited", "random", "rnn_scratch"]["config"]["trainer.gradient_clip_val"] == "1.0"
+    assert by["clip", "sequential", "default"]["config"]["trainer.gradient_clip_val"] == "1"
+    diverged = by["edited", "sequential", "rnn"]
+    assert diverged["diverged"] == 1 and diverged["best_val_ppl"]["mean"] is None  # inf -> null
+    assert rows[-1] is diverged and not diverged["best"]
+    failed = by["edited", "random", "rnn"]
+    assert failed["status"] == "failed" and not failed["best"]  # never starred, even if lowest
+    assert sum(r["best"] for r in rows) == 1 and next(r for r in rows if r["best"])["status"] \
+        == "finished"
+    lines = table_lines(markdown)
+    assert len(lines) == 6 and lines[-1].startswith("| n-gram baseline (n=3, k=0.5) |")
+    assert "7.25" in lines[-1] and "7.50" in lines[-1]
+    assert any("**failed**" in ln and "| random | rnn |" in ln for ln in lines)
+    assert any("**diverged**" in ln and "| yes |" in ln and "| inf |" in ln for ln in lines)
+    problems = [m["problem"] for m in report["missing_or_failed"]]
+    assert "status failed: RuntimeError: boom" in problems and len(problems) == 2
+    with pytest.raises(ReportError, match="corpus_stats"):
+        write_report([copy], baseline=copy / "report.json")  # JSON, not ngram.json
+
+
+def test_not_a_sweep_exits_2_with_one_line(tmp_path):
+    (tmp_path / "empty").mkdir()
+    for target, message in [(tmp_path / "empty", "is not a sweep dir"),
+                            (tmp_path / "nope", "no such directory")]:
+        r = script("report.py", str(target))
+        assert r.returncode == 2 and r.stdout == ""
+        assert r.stderr.startswith("error: ") and message in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_aggregate_mean_std_and_counts_over_seeds():
+    a, b, c = {"model": "rnn"}, {"model": "gru"}, {"model": "lstm"}
+    items = [(a, {"seed": s, "status": "finished", "best_val_ppl": v, "test_ppl": v + 1,
+                  "diverged": False}) for s, v in ((0, 10.0), (1, 12.0), (2, 14.0))]
+    items += [(b, {"seed": 0, "status": "finished", "best_val_ppl": 11.0, "diverged": False}),
+              (c, {"seed": 0, "status": "failed", "best_val_ppl": None}),
+              (c, {"seed": 1, "status": "diverged", "best_val_ppl": 30.0, "diverged": True}),
+              (c, {"seed": 2, "status": "diverged", "best_val_ppl": 50.0, "diverged": True})]
+    rows = aggregate(items)
+    assert [r["config"] for r in rows] == [b, a, c]  # by mean best val/ppl: 11 < 12 < 40
+    gru, rnn, lstm = rows
+    assert rnn["n"] == 3 and rnn["seeds"] == [0, 1, 2]
+    assert rnn["best_val_ppl"] == {"mean": 12.0, "std": pytest.approx(2.0), "n": 3}  # sample std
+    assert rnn["test_ppl"]["mean"] == 13.0 and rnn["train_ppl"] == {"mean": None, "std": None,
+                                                                    "n": 0}
+    assert gru["best_val_ppl"] == {"mean": 11.0, "std": None, "n": 1} and gru["best"]
+    assert not rnn["best"] and not lstm["best"]
+    assert lstm["n"] == 3 and lstm["best_val_ppl"]["n"] == 2
+    assert lstm["best_val_ppl"]["mean"] == 40.0
+    assert lstm["best_val_ppl"]["std"] == pytest.approx(math.sqrt(200.0))
+    assert lstm["diverged"] == 2 and lstm["status"] == "failed x1, diverged x2"
