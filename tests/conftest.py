@@ -51,3 +51,19 @@ def make_cfg(tmp_path: Path, corpus: Path, overrides: list[str] = ()):
 @pytest.fixture
 def cfg_factory(tmp_path: Path, corpus_file: Path):
     return lambda *overrides, path=corpus_file: make_cfg(tmp_path, path, list(overrides))
+
+
+class SignalAtStep:
+    """A callback that sends this process a signal after a given training step (tests only)."""
+
+    def __new__(cls, step: int, signum: int = 2):
+        import signal
+
+        import pytorch_lightning as pl
+
+        class _Cb(pl.Callback):
+            def on_train_batch_end(self, trainer, *args) -> None:
+                if trainer.global_step == step:
+                    os.kill(os.getpid(), signal.Signals(signum))
+
+        return _Cb()

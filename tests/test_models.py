@@ -152,3 +152,13 @@ def test_randomized_truncation_is_unbiased_for_the_scratch_core():
     single = grad_hh(0.7)
     assert not torch.allclose(single, exact)  # each draw truncates
     torch.testing.assert_close(mean, exact, rtol=0.1, atol=0.02)
+
+
+def test_hand_written_recurrence_backward_passes_gradcheck():
+    from rnnlab.cores import TanhRecurrence
+
+    torch.manual_seed(0)
+    xw = torch.randn(5, 3, 4, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    W = (torch.randn(4, 4, dtype=torch.float64) * 0.5).requires_grad_()
+    assert torch.autograd.gradcheck(TanhRecurrence.apply, (xw, h0, W))

@@ -30,3 +30,14 @@ class SampleText(pl.Callback):
         for logger in trainer.loggers:
             if hasattr(logger.experiment, "add_text"):
                 logger.experiment.add_text("sample", text, global_step=trainer.global_step)
+
+
+class EpochLog(pl.Callback):
+    """One plain log line per epoch, for runs without a terminal (no progress bar there)."""
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        m = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+        log.info("epoch %d/%d  train/ppl %.3f  val/ppl %.3f  tokens/s %.0f",
+                 trainer.current_epoch + 1, trainer.max_epochs or -1,
+                 m.get("train/ppl_epoch", float("nan")), m.get("val/ppl", float("nan")),
+                 m.get("train/tokens_per_s_epoch", float("nan")))

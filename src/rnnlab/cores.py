@@ -19,12 +19,47 @@ from torch import nn
 State = tuple[torch.Tensor, ...]
 
 
+class TanhRecurrence(torch.autograd.Function):
+    """H_t = tanh(XW_t + H_{t-1} W_hh) over all steps, with a hand-written backward pass.
+
+    Autograd would run two small matmuls per step backwards (one for dH_{t-1}, one for dW_hh).
+    Only the first is sequential: here the loop computes dZ_t = dH_t * (1 - H_t^2) and
+    dH_{t-1} = dZ_t W_hh^T, and dW_hh = sum_t H_{t-1}^T dZ_t is one large matmul afterwards.
+    """
+
+    @staticmethod
+    def forward(ctx, xw: torch.Tensor, h0: torch.Tensor, W_hh: torch.Tensor) -> torch.Tensor:
+        T, B, H = xw.shape
+        out = torch.empty(T + 1, B, H, dtype=xw.dtype, device=xw.device)
+        out[0] = h0
+        for t in range(T):
+            torch.tanh(torch.addmm(xw[t], out[t], W_hh), out=out[t + 1])
+        ctx.save_for_backward(out, W_hh)
+        return out[1:]
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        out, W_hh = ctx.saved_tensors
+        T = grad_out.shape[0]
+        dtanh = 1 - out[1:] * out[1:]  # all steps at once, outside the sequential loop
+        dZ = torch.empty_like(grad_out)
+        dh = torch.zeros_like(out[0])
+        W_hh_T = W_hh.T
+        for t in range(T - 1, -1, -1):
+            torch.mul(dh.add_(grad_out[t]), dtanh[t], out=dZ[t])
+            dh = dZ[t] @ W_hh_T
+        H = out.shape[-1]
+        dW = out[:-1].reshape(-1, H).T @ dZ.reshape(-1, H)
+        return dZ, dh, dW
+
+
 class ScratchRNN(nn.Module):
     """The book's RNN: H_t = tanh(X_t W_xh + H_{t-1} W_hh + b_h), with a Python loop over time.
 
     `fast=True` (default) has the same math with less work: the one-hot product X_t W_xh is a row
-    lookup of W_xh done for all steps at once, and the bias is added there too. `fast=False` is the
-    book written plainly: a one-hot matrix product at every step.
+    lookup of W_xh done for all steps at once, the bias is added there too, and the recurrence
+    runs in `TanhRecurrence` with a hand-written backward. `fast=False` is the book written
+    plainly: a one-hot matrix product at every step, autograd for the backward pass.
     `keep_prob` < 1 turns on Tallec & Ollivier's unbiased randomized truncation in training: at
     each step the gradient path through H is cut with probability 1 - keep_prob, and otherwise
     scaled by 1 / keep_prob, so the expected gradient equals the untruncated one.
@@ -58,6 +93,9 @@ class ScratchRNN(nn.Module):
         keep = None
         if self.training and self.keep_prob < 1.0:  # drawn on the CPU: no device sync per step
             keep = (torch.rand(len(inputs)) < self.keep_prob).tolist()
+        if xw is not None and keep is None:
+            outputs = TanhRecurrence.apply(xw, H, self.W_hh)
+            return outputs, (outputs[-1],)
         outputs = []
         for t in range(len(inputs)):
             if keep is not None:

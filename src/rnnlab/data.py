@@ -109,6 +109,7 @@ class PlanSampler(Sampler):
         self.args = (num_tokens, batch_size, num_steps, sampling, windows)
         self.seed, self.train, self.epoch = seed, train, 0
         self.skip = 0  # windows to skip once, when resuming in the middle of an epoch
+        self.consumed = 0  # windows of this epoch the training loop has taken
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -121,8 +122,9 @@ class PlanSampler(Sampler):
         return plan_epoch(num_tokens, batch_size, num_steps, sampling, windows, gen)
 
     def __iter__(self):
-        plan, self.skip = self.plan()[self.skip :], 0
-        return iter(plan)
+        # a generator: the plan is drawn at the first batch, after Lightning's set_epoch
+        plan, self.consumed, self.skip = self.plan()[self.skip :], self.skip, 0
+        yield from plan
 
     def __len__(self) -> int:
         return len(self.plan())
@@ -187,6 +189,8 @@ class TextDataModule(pl.LightningDataModule):
         self.num_workers, self.seed = num_workers, seed
         self.vocab: Vocab | None = None
         self.corpus: dict[str, torch.Tensor] = {}
+        self.train_sampler: PlanSampler | None = None
+        self._resume: dict | None = None
 
     def prepare_data(self) -> None:
         resolve_corpus(self.path, self.data_dir)  # downloads the default corpus once
@@ -223,11 +227,36 @@ class TextDataModule(pl.LightningDataModule):
     def _loader(self, split: str) -> DataLoader:
         sampler = PlanSampler(len(self.corpus[split]), self.batch_size, self.num_steps,
                               self.sampling, self.windows, self.seed, train=split == "train")
+        if split == "train":
+            self.train_sampler = sampler
+            if self._resume is not None:  # continue the interrupted epoch's plan where it stopped
+                epoch, consumed = self._resume["epoch"], self._resume["consumed"]
+                done = consumed >= len(sampler)
+                sampler.set_epoch(epoch + 1 if done else epoch)
+                sampler.skip = 0 if done else consumed
+                self._resume = None
+        # its own generator: creating an iterator must not draw from the global RNG, or a
+        # resumed run's dropout masks would be shifted against an uninterrupted one
         return DataLoader(WindowDataset(self.corpus[split]), sampler=sampler, batch_size=None,
-                          num_workers=self.num_workers,
+                          num_workers=self.num_workers, generator=torch.Generator(),
                           persistent_workers=self.num_workers > 0,
                           multiprocessing_context="fork" if self.num_workers > 0 and
                           os.name == "posix" else None)
+
+    # Lightning stores a datamodule's state_dict in every checkpoint and restores it before it
+    # asks for dataloaders: that is how a resumed run continues with the same data order.
+    def state_dict(self) -> dict:
+        s = self.train_sampler
+        return {"epoch": s.epoch, "consumed": s.consumed} if s is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume = state or None
+
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        # called when the training loop takes a batch (not when a worker prefetches it)
+        if self.train_sampler is not None and self.trainer is not None and self.trainer.training:
+            self.train_sampler.consumed += 1
+        return batch
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")

@@ -78,6 +78,7 @@ class LanguageModel(pl.LightningModule):
         self.run_config: dict | None = None  # the resolved Hydra config, saved into checkpoints
         self._state: State | None = None
         self._reset_run_stats()
+        self._start_epoch_stats()
 
     # ---- the network --------------------------------------------------------------------------
     def forward(self, X: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
@@ -108,11 +109,12 @@ class LanguageModel(pl.LightningModule):
         self.steps_seen, self.clipped_steps = 0, torch.zeros(())
         self.max_grad_norm = torch.zeros(())
         self.diverged_at: int | None = None
-        self.last_finite_ppl = float("nan")
+        self._last_loss: torch.Tensor | None = None
 
     def _step_state(self, X: torch.Tensor, carry: bool) -> State:
         if carry and self._state is not None and self._state[0].shape[-2] == X.shape[0]:
-            return detach_state(self._state)  # truncated BPTT: no gradient into the past window
+            # truncated BPTT: the state goes on, the gradient stops at the window boundary
+            return tuple(s.to(self.device) for s in detach_state(self._state))
         return tuple(s.to(self.device) for s in self.begin_state(X.shape[0]))
 
     def _loss(self, batch, carry: bool) -> tuple[torch.Tensor, int]:
@@ -121,17 +123,21 @@ class LanguageModel(pl.LightningModule):
         self._state = state if carry else None
         return F.cross_entropy(logits, Y.T.reshape(-1).long()), Y.numel()
 
+    def _start_epoch_stats(self) -> None:
+        self._loss_sum, self._tokens = torch.zeros((), device=self.device), 0
+        self._epoch_t0 = self._step_t0 = time.perf_counter()
+
     def on_train_epoch_start(self) -> None:
         self._state = None
-        self._loss_sum, self._tokens, self._epoch_t0 = torch.zeros((), device=self.device), 0, \
-            time.perf_counter()
-        self._step_t0 = self._epoch_t0
+        self._start_epoch_stats()
 
     def training_step(self, batch, batch_idx: int):
         loss, n = self._loss(batch, self.carry_state)
-        if not torch.isfinite(loss):  # one scalar check; on the CPU it costs nothing
-            self._diverge(f"loss is {loss.item()}")
+        # one scalar check (free on a CPU); an overflowing perplexity counts as divergence too
+        if not torch.isfinite(torch.exp(loss)):
+            self._diverge(f"loss is {loss.item():.4g}, perplexity overflows")
             return None  # Lightning skips the update
+        self._last_loss = loss.detach()
         self._loss_sum += loss.detach() * n
         self._tokens += n
         now = time.perf_counter()
@@ -143,11 +149,14 @@ class LanguageModel(pl.LightningModule):
     def _diverge(self, why: str) -> None:
         step = self.global_step
         self.diverged_at = step
-        log.error("training diverged at step %d (%s); last finite train perplexity %.3f; "
-                  "stopping, the best checkpoint so far is kept", step, why, self.last_finite_ppl)
+        last = float(torch.exp(self._last_loss)) if self._last_loss is not None else float("nan")
+        log.error("training diverged at step %d (%s); last finite train perplexity %.4g; "
+                  "stopping, the best checkpoint so far is kept", step, why, last)
         self.trainer.should_stop = True
 
     def on_before_optimizer_step(self, optimizer) -> None:
+        if self.diverged_at is not None:  # the step was skipped: there are no gradients
+            return
         norm = global_grad_norm(list(self.parameters()))  # before clipping, as the ablation needs
         self.log("train/grad_norm", norm)
         self.max_grad_norm = torch.maximum(self.max_grad_norm.to(norm.device), norm.detach())
@@ -176,7 +185,6 @@ class LanguageModel(pl.LightningModule):
         if self._tokens:
             ppl = torch.exp(self._loss_sum / self._tokens)
             self.log("train/ppl_epoch", ppl)
-            self.last_finite_ppl = float(ppl) if torch.isfinite(ppl) else self.last_finite_ppl
             elapsed = time.perf_counter() - self._epoch_t0
             self.log("train/tokens_per_s_epoch", self._tokens / max(elapsed, 1e-9))
 
@@ -228,12 +236,25 @@ class LanguageModel(pl.LightningModule):
         checkpoint["run_stats"] = {"steps_seen": self.steps_seen,
                                    "clipped_steps": float(self.clipped_steps),
                                    "max_grad_norm": float(self.max_grad_norm)}
+        # what an interrupted epoch needs to go on exactly: the carried hidden state, the
+        # epoch's loss sums, and the random streams (dropout, randomized truncation)
+        checkpoint["epoch_state"] = {
+            "state": self._state, "loss_sum": self._loss_sum, "tokens": self._tokens,
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         stats = checkpoint.get("run_stats") or {}
         self.steps_seen = stats.get("steps_seen", 0)
         self.clipped_steps = torch.tensor(stats.get("clipped_steps", 0.0))
         self.max_grad_norm = torch.tensor(stats.get("max_grad_norm", 0.0))
+        epoch = checkpoint.get("epoch_state")
+        if epoch:
+            self._state, self._tokens = epoch["state"], epoch["tokens"]
+            self._loss_sum = epoch["loss_sum"].to(self.device)
+            torch.set_rng_state(epoch["rng"])
+            if epoch["cuda_rng"] is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(epoch["cuda_rng"])
 
     def run_stats(self) -> dict:
         """Totals over the whole run for summary.json (one sync, at the end)."""

@@ -22,11 +22,13 @@ import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import RichProgressBar
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
+from rnnlab.callbacks import EpochLog
 from rnnlab.validate import ConfigError, full_bptt_bytes, validate_config
+from rnnlab.vocab import Vocab
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +57,13 @@ class StopOnSignal(pl.Callback):
         self.received = signal.Signals(signum).name
         log.warning("%s received: saving last.ckpt after this step, then stopping", self.received)
 
-    def on_fit_start(self, trainer, pl_module) -> None:
+    def on_train_start(self, trainer, pl_module) -> None:
+        # installed after Lightning's own SIGTERM handler (which would raise SIGTERMException
+        # and exit 0 without a summary), replacing it for the duration of training
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._previous[sig] = signal.signal(sig, self._handler)
 
-    def on_fit_end(self, trainer, pl_module) -> None:
+    def on_train_end(self, trainer, pl_module) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
@@ -67,6 +71,21 @@ class StopOnSignal(pl.Callback):
         if self.received is not None and not trainer.should_stop:
             trainer.should_stop = True
             trainer.save_checkpoint(self.ckpt_dir / "last.ckpt")
+
+
+def torch_threads(cfg: DictConfig) -> int:
+    """`torch_threads` if set; in a parallel sweep cores // n_jobs (so jobs never oversubscribe
+    the machine); otherwise torch's default."""
+    if cfg.get("torch_threads"):
+        return int(cfg.torch_threads)
+    try:
+        n_jobs = HydraConfig.get().launcher.get("n_jobs")
+    except ValueError:
+        n_jobs = None
+    cores = os.cpu_count() or 1
+    if n_jobs:
+        return max(1, cores // (cores if n_jobs < 0 else n_jobs))
+    return torch.get_num_threads()
 
 
 def _overrides() -> list[str]:
@@ -81,29 +100,69 @@ def _metric(trainer: pl.Trainer, key: str) -> float | None:
     return None if value is None else float(value)
 
 
+def _json_safe(value):
+    """inf/NaN become null: they are not JSON, and jq or other readers would choke on them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 def write_summary(out_dir: Path, summary: dict) -> Path:
     path = out_dir / "summary.json"
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(summary, indent=2, default=str))
+    tmp.write_text(json.dumps(_json_safe(summary), indent=2, default=str))
     os.replace(tmp, path)
     return path
 
 
 def train(cfg: DictConfig) -> float:
     """Fit and test one model; returns the best val/ppl (inf when there is none)."""
-    validate_config(cfg)
-    out_dir = Path(cfg.paths.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
-    log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
-    if cfg.get("torch_threads"):
-        torch.set_num_threads(int(cfg.torch_threads))
-    pl.seed_everything(cfg.seed, workers=True)
-    started = time.time()
-    summary: dict = {"status": "failed", "overrides": _overrides(), "run_dir": str(out_dir),
+    out_dir = _run_dir(cfg)
+    summary: dict = {"status": "running", "overrides": _overrides(), "run_dir": str(out_dir),
                      "model": cfg.model.core.get("kind", "rnn_scratch"), "bptt": cfg.bptt.mode,
                      "sampling": cfg.data.sampling, "seed": cfg.seed, "diverged": False}
+    write_summary(out_dir, summary)
+    started = time.time()
+    try:
+        validate_config(cfg)
+        stopper = _fit_and_test(cfg, out_dir, summary)
+    except BaseException as e:
+        summary.update(status="failed", error=f"{type(e).__name__}: {e}")
+        raise
+    finally:
+        summary["wall_time_s"] = round(time.time() - started, 2)
+        write_summary(out_dir, summary)
+        log.info("summary: %s", json.dumps({k: v for k, v in summary.items()
+                                            if k not in ("overrides", "checkpoints")}))
+    if stopper.received:  # stop here, and stop a sweep too: the user asked for it
+        raise SystemExit(128 + signal.Signals[stopper.received].value)
+    best = summary.get("best_val_ppl")
+    return best if best is not None and math.isfinite(best) else float("inf")
 
+
+def _run_dir(cfg: DictConfig) -> Path:
+    """This run's dir; a resumed run goes on in its checkpoint's run dir (logs, curves, summary)."""
+    if cfg.get("ckpt_path"):
+        run_dir = Path(cfg.ckpt_path).resolve().parent.parent
+        if (run_dir / "config.yaml").is_file():
+            with open_dict(cfg):
+                cfg.paths.output_dir = str(run_dir)
+            log.info("resuming %s in its run dir %s", cfg.ckpt_path, run_dir)
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir
+
+
+def _fit_and_test(cfg: DictConfig, out_dir: Path, summary: dict) -> StopOnSignal:
+    OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
+    log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
+    torch.set_num_threads(torch_threads(cfg))
+    summary["torch_threads"] = torch.get_num_threads()
+    pl.seed_everything(cfg.seed, workers=True)
     dm = instantiate(cfg.data)
     dm.prepare_data()
     dm.setup()
@@ -111,51 +170,64 @@ def train(cfg: DictConfig) -> float:
         check_full_bptt_memory(cfg, len(dm.corpus["train"]), len(dm.vocab))
     model = instantiate(cfg.model, vocab_size=len(dm.vocab))
     model.run_config = OmegaConf.to_container(cfg, resolve=True)
+    if cfg.get("ckpt_path"):
+        check_resume_checkpoint(Path(cfg.ckpt_path), model, dm.vocab)
     ckpt_dir = out_dir / "checkpoints"
     stopper = StopOnSignal(ckpt_dir)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()] + [stopper]
     interactive = sys.stdout.isatty()
-    if interactive:
-        callbacks.append(RichProgressBar())
+    callbacks.append(RichProgressBar() if interactive else EpochLog())
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers,
                                       plugins=[AtomicCheckpointIO()],
                                       enable_progress_bar=interactive)
     ckpt_cb = trainer.checkpoint_callback
+
+    def record(**kw) -> None:
+        last = ckpt_dir / "last.ckpt"
+        summary.update(kw, checkpoints={"best": ckpt_cb.best_model_path if ckpt_cb else None,
+                                        "last": str(last) if last.exists() else None})
+
+    if cfg.get("train", True):
+        trainer.fit(model, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+    stats = model.run_stats()
+    status = "diverged" if stats["diverged"] else "interrupted" if stopper.received else "finished"
+    best = float(ckpt_cb.best_model_score) if ckpt_cb and ckpt_cb.best_model_score is not None \
+        else _metric(trainer, "val/ppl")
+    record(**stats, status=status, best_val_ppl=best, final_val_ppl=_metric(trainer, "val/ppl"),
+           train_ppl=_metric(trainer, "train/ppl_epoch"),
+           tokens_per_s=_metric(trainer, "train/tokens_per_s_epoch"),
+           epochs=trainer.current_epoch, global_step=trainer.global_step)
+    if cfg.get("test", True) and status != "interrupted":
+        best_path = ckpt_cb.best_model_path if ckpt_cb and ckpt_cb.best_model_path else None
+        trainer.test(model, datamodule=dm, ckpt_path=best_path, weights_only=False)
+        record(test_ppl=_metric(trainer, "test/ppl"), test_ckpt=best_path)
+    for lg in loggers:
+        if hasattr(lg, "log_hyperparams") and best is not None:
+            lg.log_hyperparams(_hparams(cfg), {"hp_metric": best})
+    return stopper
+
+
+def check_resume_checkpoint(path: Path, model: pl.LightningModule, vocab: Vocab) -> None:
+    """Refuse, with the reason, a checkpoint that is corrupt or from another model/vocabulary."""
     try:
-        if cfg.get("train", True):
-            trainer.fit(model, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
-        stats = model.run_stats()
-        status = ("diverged" if stats["diverged"] else
-                  "interrupted" if stopper.received else "finished")
-        best = float(ckpt_cb.best_model_score) if ckpt_cb and ckpt_cb.best_model_score is not \
-            None else _metric(trainer, "val/ppl")
-        summary.update(stats, status=status, best_val_ppl=best,
-                       final_val_ppl=_metric(trainer, "val/ppl"),
-                       train_ppl=_metric(trainer, "train/ppl_epoch"),
-                       tokens_per_s=_metric(trainer, "train/tokens_per_s_epoch"),
-                       epochs=trainer.current_epoch, global_step=trainer.global_step)
-        if cfg.get("test", True) and status != "interrupted":
-            best_path = ckpt_cb.best_model_path if ckpt_cb and ckpt_cb.best_model_path else None
-            trainer.test(model, datamodule=dm, ckpt_path=best_path, weights_only=False)
-            summary["test_ppl"] = _metric(trainer, "test/ppl")
-            summary["test_ckpt"] = best_path
-        for lg in loggers:
-            if hasattr(lg, "log_hyperparams") and best is not None:
-                lg.log_hyperparams(_hparams(cfg), {"hp_metric": best})
-    except BaseException as e:
-        summary["error"] = f"{type(e).__name__}: {e}"
-        raise
-    finally:
-        summary["wall_time_s"] = round(time.time() - started, 2)
-        summary["checkpoints"] = {"best": ckpt_cb.best_model_path if ckpt_cb else None,
-                                  "last": str(ckpt_dir / "last.ckpt")
-                                  if (ckpt_dir / "last.ckpt").exists() else None}
-        write_summary(out_dir, summary)
-        log.info("summary: %s", json.dumps({k: v for k, v in summary.items()
-                                            if k not in ("overrides", "checkpoints")}))
-    best = summary.get("best_val_ppl")
-    return best if best is not None and math.isfinite(best) else float("inf")
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        theirs = ckpt["state_dict"]
+    except Exception as e:
+        raise ConfigError(f"ckpt_path={path} is corrupt or not a Lightning checkpoint "
+                          f"({type(e).__name__}: {e}); use another checkpoint of the run "
+                          f"(checkpoints/best*.ckpt) or ckpt_path=null") from e
+    if ckpt.get("vocab") and ckpt["vocab"]["idx_to_token"] != vocab.idx_to_token:
+        raise ConfigError(f"ckpt_path={path} was trained on another vocabulary "
+                          f"({len(ckpt['vocab']['idx_to_token'])} tokens, this data has "
+                          f"{len(vocab)}); resume with the data settings it was trained with")
+    mine = model.state_dict()
+    differ = sorted(k for k in set(mine) | set(theirs)
+                    if k not in mine or k not in theirs or mine[k].shape != theirs[k].shape)
+    if differ:
+        raise ConfigError(f"ckpt_path={path} belongs to another model (parameters differ: "
+                          f"{', '.join(differ[:4])}); resume with the model settings it was "
+                          f"trained with (see config.yaml beside its checkpoints/)")
 
 
 def check_full_bptt_memory(cfg: DictConfig, num_train_tokens: int, vocab_size: int) -> None:

@@ -1,0 +1,208 @@
+"""Bad input, divergence, interruption and resume, downloads: nothing lost, every error clear."""
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, make_cfg
+
+from rnnlab import corpus as corpus_mod
+from rnnlab.corpus import CorpusError, download
+from rnnlab.run import AtomicCheckpointIO, train
+from rnnlab.validate import ConfigError
+
+
+def summary(cfg) -> dict:
+    return json.loads((Path(cfg.paths.output_dir) / "summary.json").read_text())
+
+
+@pytest.mark.parametrize("override, match", [
+    ("data.sampling=shuffled", "data.sampling='shuffled'"),
+    ("data.token=bpe", "data.token='bpe'"),
+    ("data.num_steps=0", "data.num_steps=0"),
+    ("data.batch_size=-2", "data.batch_size=-2"),
+    ("model.core.num_hiddens=0", "model.core.num_hiddens=0"),
+    ("trainer.gradient_clip_val=-1", "trainer.gradient_clip_val=-1"),
+    ("data.num_steps=5000", "fewer than one minibatch"),
+    ("data.min_freq=100000", "only <unk>"),
+    ("ckpt_path=/no/such.ckpt", "ckpt_path=/no/such.ckpt does not exist"),
+    ("bptt=full", None),  # full with random sampling is refused below
+])
+def test_bad_settings_are_refused_with_the_value_and_the_fix(cfg_factory, override, match):
+    if override == "bptt=full":
+        override, match = "data.sampling=random", "needs data.sampling=sequential"
+        cfg = cfg_factory("bptt=full", override)
+    else:
+        cfg = cfg_factory(override)
+    with pytest.raises((ConfigError, ValueError), match=match):
+        train(cfg)
+    assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()  # no half run
+
+
+def test_cli_error_is_one_line_and_exit_code_2(corpus_file, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts/train.py"), f"data.path={corpus_file}",
+         "data.sampling=shuffled", f"hydra.run.dir={tmp_path / 'cli'}"],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert errors == ["error: data.sampling='shuffled' is unknown; use one of "
+                      "['random', 'sequential']"]
+
+
+def test_full_bptt_memory_estimate_refuses_what_would_not_fit(cfg_factory):
+    cfg = cfg_factory("bptt=full", "bptt.max_memory_gb=0.000001")
+    with pytest.raises(ConfigError, match=r"bptt=full would keep about .* GB.*max_memory_gb"):
+        train(cfg)
+
+
+def test_divergence_stops_at_once_and_keeps_the_best_checkpoint(cfg_factory):
+    cfg = cfg_factory("model.optimizer.lr=10", "trainer.gradient_clip_val=null",
+                      "trainer.max_epochs=5", "model.core.num_hiddens=64",
+                      "+trainer.val_check_interval=2")  # validate (and checkpoint) every 2 steps
+    assert train(cfg) < 100
+    s = summary(cfg)
+    assert s["status"] == "diverged" and s["diverged"] is True
+    assert 0 < s["diverged_at_step"] < 20 and s["global_step"] == s["diverged_at_step"]
+    best = Path(s["checkpoints"]["best"])
+    assert best.is_file() and s["best_val_ppl"] < 100  # a checkpoint from before it blew up
+    assert torch.load(best, weights_only=False)["global_step"] < s["diverged_at_step"] + 1
+
+
+def test_corrupt_and_incompatible_checkpoints_are_refused(cfg_factory, tmp_path):
+    cfg = cfg_factory("test=false")
+    train(cfg)
+    last = Path(summary(cfg)["checkpoints"]["last"])
+    bad = tmp_path / "corrupt.ckpt"
+    bad.write_bytes(last.read_bytes()[:100])
+    with pytest.raises(ConfigError, match="corrupt"):
+        train(cfg_factory(f"ckpt_path={bad}"))
+    with pytest.raises(ConfigError, match="another model"):
+        train(cfg_factory(f"ckpt_path={last}", "model.core.num_hiddens=24"))
+    other_text = tmp_path / "other.txt"
+    other_text.write_text("zyxw vut " * 400)
+    with pytest.raises(ConfigError, match="another vocabulary"):
+        train(cfg_factory(f"ckpt_path={last}", path=other_text))
+
+
+@pytest.mark.parametrize("sampling, bptt", [("random", "randomized"), ("sequential", "regular")])
+def test_interrupted_run_resumes_to_the_same_result(tmp_path, corpus_file, sampling, bptt):
+    common = [f"data.sampling={sampling}", f"bptt={bptt}", "trainer.max_epochs=3", "test=false",
+              "model.embedding_dim=8", "model.dropout=0.2"]
+    straight = make_cfg(tmp_path / "a", corpus_file, common)
+    expected = train(straight)
+    cut = make_cfg(tmp_path / "b", corpus_file,
+                   [*common, "+callbacks.stop._target_=conftest.SignalAtStep",
+                    "+callbacks.stop.step=9"])
+    with pytest.raises(SystemExit) as info:
+        train(cut)
+    assert info.value.code == 128 + signal.SIGINT
+    s = summary(cut)
+    assert s["status"] == "interrupted" and s["global_step"] == 9
+    cut_dir = tmp_path / "b" / "run"
+    last = cut_dir / "checkpoints" / "last.ckpt"
+    resumed = make_cfg(tmp_path / "c", corpus_file, [*common, f"ckpt_path={last}"])
+    got = train(resumed)
+    assert summary(resumed)["run_dir"] == str(cut_dir)  # it went on in the same run dir
+    assert got == pytest.approx(expected, rel=1e-6)
+    straight_summary = json.loads((tmp_path / "a" / "run" / "summary.json").read_text())
+    assert summary(resumed)["final_val_ppl"] == pytest.approx(
+        straight_summary["final_val_ppl"], rel=1e-6)
+
+
+def test_sigterm_from_outside_saves_last_checkpoint_and_summary(corpus_file, tmp_path):
+    run_dir = tmp_path / "sig"
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "scripts/train.py"), f"data.path={corpus_file}",
+         "data.batch_size=4", "data.num_steps=8", "model.core.num_hiddens=16",
+         "trainer.max_epochs=100000", "trainer.accelerator=cpu", "torch_threads=1",
+         f"hydra.run.dir={run_dir}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:  # wait until training is under way
+        if "epoch 2/" in line:
+            break
+    proc.send_signal(signal.SIGTERM)
+    proc.stdout.read()
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    s = json.loads((run_dir / "summary.json").read_text())
+    assert s["status"] == "interrupted" and s["global_step"] > 0
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == s["global_step"]
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"step": 1}, path)
+
+    def crash(obj, f):
+        Path(f).write_bytes(b"half a checkp")
+        raise KeyboardInterrupt  # killed mid-write
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"step": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=False) == {"step": 1}
+
+
+def test_partial_download_leaves_nothing_under_the_final_name(tmp_path, monkeypatch):
+    def dies_midway(url, dest):
+        dest.write_text("partial")
+        raise TimeoutError("read timed out")
+
+    monkeypatch.setattr(corpus_mod, "_fetch", dies_midway)
+    with pytest.raises(CorpusError, match="could not download"):
+        download("http://x/t.txt", tmp_path / "t.txt", "0" * 40)
+    assert not (tmp_path / "t.txt").exists()
+    assert not list(tmp_path.glob("*.part"))
+
+
+def test_read_only_data_dir_says_what_to_do(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        if (ro / "probe").exists() or _can_write(ro):  # root ignores permission bits
+            pytest.skip("running as a user that can write into read-only dirs")
+        with pytest.raises(CorpusError, match="data.data_dir"):
+            download("http://x/t.txt", ro / "t.txt", "0" * 40)
+    finally:
+        ro.chmod(0o700)
+
+
+def _can_write(d: Path) -> bool:
+    try:
+        (d / ".probe").write_text("x")
+        (d / ".probe").unlink()
+        return True
+    except OSError:
+        return False
+
+
+def test_two_jobs_downloading_at_once_fetch_once(tmp_path, monkeypatch):
+    payload = b"the time machine\n"
+    import hashlib
+
+    sha1 = hashlib.sha1(payload).hexdigest()
+    calls = []
+
+    def slow_fetch(url, dest):
+        calls.append(url)
+        time.sleep(0.3)
+        dest.write_bytes(payload)
+
+    monkeypatch.setattr(corpus_mod, "_fetch", slow_fetch)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(
+        download("http://x/t.txt", tmp_path / "t.txt", sha1).read_bytes())) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [payload, payload] and len(calls) == 1
