@@ -163,26 +163,14 @@ def test_partial_download_leaves_nothing_under_the_final_name(tmp_path, monkeypa
     assert not list(tmp_path.glob("*.part"))
 
 
-def test_read_only_data_dir_says_what_to_do(tmp_path):
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    ro.chmod(0o500)
-    try:
-        if (ro / "probe").exists() or _can_write(ro):  # root ignores permission bits
-            pytest.skip("running as a user that can write into read-only dirs")
-        with pytest.raises(CorpusError, match="data.data_dir"):
-            download("http://x/t.txt", ro / "t.txt", "0" * 40)
-    finally:
-        ro.chmod(0o700)
+def test_read_only_data_dir_says_what_to_do(tmp_path, monkeypatch):
+    # chmod does not stop root (CI runs as root), so the refusal is simulated at mkdir
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
 
-
-def _can_write(d: Path) -> bool:
-    try:
-        (d / ".probe").write_text("x")
-        (d / ".probe").unlink()
-        return True
-    except OSError:
-        return False
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    with pytest.raises(CorpusError, match=r"cannot write the corpus cache .*data.data_dir"):
+        download("http://x/t.txt", tmp_path / "ro" / "t.txt", "0" * 40)
 
 
 def test_two_jobs_downloading_at_once_fetch_once(tmp_path, monkeypatch):

@@ -109,20 +109,34 @@ def test_report_on_a_real_2x2_sweep(sweep2x2):
 
 def test_a_failed_job_is_listed_and_the_others_reported(failed_sweep):
     bad, good = job_dir(failed_sweep, "clip_val=-1"), job_dir(failed_sweep, "clip_val=1,")
-    assert not (bad / "summary.json").exists() and (good / "summary.json").is_file()
+    assert json.loads((bad / "summary.json").read_text())["status"] == "failed"
+    assert (good / "summary.json").is_file()
     r = script("report.py", str(failed_sweep))
     assert r.returncode == 0, r.stderr[-3000:]
     report = json.loads((failed_sweep / "report.json").read_text())
-    assert [row["config"] for row in report["rows"]] == [{"trainer.gradient_clip_val": "1"}]
-    assert math.isfinite(report["rows"][0]["best_val_ppl"]["mean"])
+    by_clip = {row["config"]["trainer.gradient_clip_val"]: row for row in report["rows"]}
+    assert set(by_clip) == {"1", "-1"} and report["rows"][0] is not by_clip["-1"]
+    assert math.isfinite(by_clip["1"]["best_val_ppl"]["mean"]) and by_clip["1"]["best"]
+    assert by_clip["-1"]["status"] == "failed" and not by_clip["-1"]["best"]
     [missing] = report["missing_or_failed"]
     assert missing["values"]["trainer.gradient_clip_val"] == "-1"
-    assert "no summary.json" in missing["problem"] and "no config.yaml" in missing["problem"]
+    assert "status failed" in missing["problem"] and "gradient_clip_val=-1" in missing["problem"]
     markdown = (failed_sweep / "report.md").read_text()
-    assert len(table_lines(markdown)) == 1
+    assert len(table_lines(markdown)) == 2
     section = markdown.split("## Missing / failed")[1]
-    assert "trainer.gradient_clip_val=-1" in section and "no summary.json" in section
+    assert "trainer.gradient_clip_val=-1" in section and "must be >= 0" in section
     assert_png(failed_sweep / "val_ppl.png")
+
+
+def test_a_job_without_summary_is_reported_missing(failed_sweep, tmp_path):
+    copy = tmp_path / "killed"
+    shutil.copytree(failed_sweep, copy)
+    (job_dir(copy, "clip_val=-1") / "summary.json").unlink()  # as if killed before it started
+    markdown, _ = write_report([copy])
+    report = json.loads((copy / "report.json").read_text())
+    [missing] = report["missing_or_failed"]
+    assert "no summary.json" in missing["problem"]
+    assert len(report["rows"]) == 1 and "no summary.json" in markdown
 
 
 def test_several_sweeps_failed_and_diverged_summaries_and_a_baseline(sweep2x2, failed_sweep,
@@ -146,25 +160,27 @@ def test_several_sweeps_failed_and_diverged_summaries_and_a_baseline(sweep2x2, f
     report = json.loads((copy / "report.json").read_text())
     assert report["swept_keys"] == ["data.sampling", "model", "trainer.gradient_clip_val"]
     rows = report["rows"]
-    assert len(rows) == 5 and {r["config"]["sweep"] for r in rows} == {"edited", "clip"}
-    by = {(r["config"]["sweep"], r["config"]["data.sampling"], r["config"]["model"]): r
-          for r in rows}
-    assert by["edited", "random", "rnn_scratch"]["config"]["trainer.gradient_clip_val"] == "1.0"
-    assert by["clip", "sequential", "default"]["config"]["trainer.gradient_clip_val"] == "1"
-    diverged = by["edited", "sequential", "rnn"]
+    assert len(rows) == 6 and {r["config"]["sweep"] for r in rows} == {"edited", "clip"}
+    by = {(r["config"]["sweep"], r["config"]["data.sampling"], r["config"]["model"],
+           r["config"]["trainer.gradient_clip_val"]): r for r in rows}
+    assert ("edited", "random", "rnn_scratch", "1.0") in by
+    assert by["clip", "sequential", "default", "1"]["status"] == "finished"
+    assert by["clip", "sequential", "default", "-1"]["status"] == "failed"
+    diverged = by["edited", "sequential", "rnn", "1.0"]
     assert diverged["diverged"] == 1 and diverged["best_val_ppl"]["mean"] is None  # inf -> null
-    assert rows[-1] is diverged and not diverged["best"]
-    failed = by["edited", "random", "rnn"]
+    assert rows[-1]["status"] == "failed" and rows[-2] is diverged and not diverged["best"]
+    failed = by["edited", "random", "rnn", "1.0"]
     assert failed["status"] == "failed" and not failed["best"]  # never starred, even if lowest
     assert sum(r["best"] for r in rows) == 1 and next(r for r in rows if r["best"])["status"] \
         == "finished"
     lines = table_lines(markdown)
-    assert len(lines) == 6 and lines[-1].startswith("| n-gram baseline (n=3, k=0.5) |")
+    assert len(lines) == 7 and lines[-1].startswith("| n-gram baseline (n=3, k=0.5) |")
     assert "7.25" in lines[-1] and "7.50" in lines[-1]
     assert any("**failed**" in ln and "| random | rnn |" in ln for ln in lines)
     assert any("**diverged**" in ln and "| yes |" in ln and "| inf |" in ln for ln in lines)
     problems = [m["problem"] for m in report["missing_or_failed"]]
     assert "status failed: RuntimeError: boom" in problems and len(problems) == 2
+    assert any("gradient_clip_val=-1" in p for p in problems)
     with pytest.raises(ReportError, match="corpus_stats"):
         write_report([copy], baseline=copy / "report.json")  # JSON, not ngram.json
 
