@@ -162,3 +162,28 @@ def test_hand_written_recurrence_backward_passes_gradcheck():
     h0 = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
     W = (torch.randn(4, 4, dtype=torch.float64) * 0.5).requires_grad_()
     assert torch.autograd.gradcheck(TanhRecurrence.apply, (xw, h0, W))
+
+
+def test_weight_drop_changes_training_outputs_only_and_keeps_gradients():
+    torch.manual_seed(0)
+    core = TorchRNN("lstm", V, H, weight_drop=0.5)
+    X = torch.randint(0, V, (5, 2))
+    core.eval()
+    a, _ = core(X, core.begin_state(2))
+    b, _ = core(X, core.begin_state(2))
+    torch.testing.assert_close(a, b)  # no dropout in evaluation
+    core.train()
+    c, _ = core(X, core.begin_state(2))
+    assert not torch.allclose(a, c)
+    c.sum().backward()
+    assert core.rnn.weight_hh_l0.grad is not None and core.rnn.weight_hh_l0.grad.abs().sum() > 0
+
+
+def test_locked_dropout_uses_one_mask_for_all_time_steps():
+    model = lm(partial(TorchRNN, "gru", num_hiddens=H), embedding_dim=6, dropout=0.5,
+               locked_dropout=True)
+    x = torch.ones(7, 3, 6)
+    y = model.drop(x)
+    assert torch.equal(y[0], y[-1]) and (y == 0).any()  # the same units dropped at every step
+    model.eval()
+    assert torch.equal(model.drop(x), x)

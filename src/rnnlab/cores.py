@@ -122,7 +122,7 @@ class TorchRNN(nn.Module):
     KINDS = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
 
     def __init__(self, kind: str, input_size: int, num_hiddens: int = 512, num_layers: int = 1,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, weight_drop: float = 0.0):
         super().__init__()
         if kind not in self.KINDS:
             raise ValueError(f"model.core.kind={kind!r} is unknown; use one of {list(self.KINDS)}")
@@ -133,6 +133,7 @@ class TorchRNN(nn.Module):
         self.num_hiddens, self.num_layers = num_hiddens, num_layers
         self.rnn = self.KINDS[kind](input_size, num_hiddens, num_layers,
                                     dropout=dropout if num_layers > 1 else 0.0)
+        self.weight_drop = weight_drop  # AWD-LSTM's DropConnect on the recurrent matrices
 
     def begin_state(self, batch_size: int) -> State:
         weight = self.rnn.weight_hh_l0
@@ -143,7 +144,14 @@ class TorchRNN(nn.Module):
     def forward(self, inputs: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         if not inputs.is_floating_point():
             inputs = F.one_hot(inputs.long(), self.input_size).to(self.rnn.weight_hh_l0.dtype)
-        outputs, new_state = self.rnn(inputs, state if self.kind == "lstm" else state[0])
+        hx = state if self.kind == "lstm" else state[0]
+        if self.training and self.weight_drop:  # one dropped-out copy of W_hh per forward pass
+            dropped = {f"weight_hh_l{i}": F.dropout(getattr(self.rnn, f"weight_hh_l{i}"),
+                                                    self.weight_drop)
+                       for i in range(self.num_layers)}
+            outputs, new_state = torch.func.functional_call(self.rnn, dropped, (inputs, hx))
+        else:
+            outputs, new_state = self.rnn(inputs, hx)
         return outputs, new_state if self.kind == "lstm" else (new_state,)
 
 

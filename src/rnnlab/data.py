@@ -164,6 +164,7 @@ class TextDataModule(pl.LightningDataModule):
         windows: str = "regular",
         num_workers: int = 0,
         seed: int = 0,
+        eval_batch_size: int | None = None,
     ):
         super().__init__()
         checks = [("preprocess", preprocess, PREPROCESS), ("token", token, TOKENS),
@@ -187,6 +188,7 @@ class TextDataModule(pl.LightningDataModule):
         self.batch_size, self.num_steps = batch_size, num_steps
         self.sampling, self.windows = sampling, windows
         self.num_workers, self.seed = num_workers, seed
+        self.eval_batch_size = eval_batch_size
         self.vocab: Vocab | None = None
         self.corpus: dict[str, torch.Tensor] = {}
         self.train_sampler: PlanSampler | None = None
@@ -215,18 +217,21 @@ class TextDataModule(pl.LightningDataModule):
                 f"the training split of {path} has {n_train} tokens, fewer than one minibatch "
                 f"needs ({need} = batch_size*(num_steps+1)+num_steps); lower data.batch_size="
                 f"{self.batch_size} or data.num_steps={self.num_steps}, or use a larger corpus")
+        eval_bs = self.eval_batch_size or self.batch_size
         for split in ("val", "test"):
             if self.splits[("val", "test").index(split) + 1] > 0 and \
-                    len(self.corpus[split]) < self.batch_size + 1:
+                    len(self.corpus[split]) < eval_bs + 1:
                 raise ValueError(
                     f"the {split} split has {len(self.corpus[split])} tokens, fewer than "
-                    f"data.batch_size+1={self.batch_size + 1}; lower data.batch_size or raise "
+                    f"eval batch size + 1 = {eval_bs + 1}; lower data.eval_batch_size or raise "
                     f"the {split} fraction in data.splits")
         self.vocab = vocab
 
     def _loader(self, split: str) -> DataLoader:
-        sampler = PlanSampler(len(self.corpus[split]), self.batch_size, self.num_steps,
-                              self.sampling, self.windows, self.seed, train=split == "train")
+        train = split == "train"
+        batch_size = self.batch_size if train else self.eval_batch_size or self.batch_size
+        sampler = PlanSampler(len(self.corpus[split]), batch_size, self.num_steps,
+                              self.sampling, self.windows, self.seed, train=train)
         if split == "train":
             self.train_sampler = sampler
             if self._resume is not None:  # continue the interrupted epoch's plan where it stopped

@@ -52,6 +52,7 @@ class LanguageModel(pl.LightningModule):
         scheduler: Callable | None = None,
         embedding_dim: int | None = None,
         dropout: float = 0.0,
+        locked_dropout: bool = False,
         keep_prob: float = 1.0,
     ):
         super().__init__()
@@ -70,7 +71,7 @@ class LanguageModel(pl.LightningModule):
             self.core.keep_prob = keep_prob
         elif keep_prob < 1.0:
             log.warning("bptt.keep_prob=%s applies to model=rnn_scratch only; ignored", keep_prob)
-        self.drop = nn.Dropout(dropout)
+        self.dropout, self.locked_dropout = dropout, locked_dropout
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.carry_state = True  # set from the datamodule's sampling in setup()
         self.vocab = None  # the datamodule's Vocab; saved into every checkpoint
@@ -94,6 +95,15 @@ class LanguageModel(pl.LightningModule):
 
     def begin_state(self, batch_size: int) -> State:
         return self.core.begin_state(batch_size)
+
+    def drop(self, x: torch.Tensor) -> torch.Tensor:
+        """Dropout on (T, B, F); locked (variational) dropout keeps one mask for all steps."""
+        if not self.training or not self.dropout:
+            return x
+        if not self.locked_dropout:
+            return F.dropout(x, self.dropout, True)
+        mask = x.new_empty(1, *x.shape[1:]).bernoulli_(1 - self.dropout) / (1 - self.dropout)
+        return x * mask
 
     # ---- training -----------------------------------------------------------------------------
     def setup(self, stage: str) -> None:

@@ -179,7 +179,7 @@ def _fit_and_test(cfg: DictConfig, out_dir: Path, summary: dict) -> StopOnSignal
     callbacks.append(RichProgressBar() if interactive else EpochLog())
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers,
-                                      plugins=[AtomicCheckpointIO()],
+                                      plugins=[AtomicCheckpointIO()], _convert_="all",
                                       enable_progress_bar=interactive)
     ckpt_cb = trainer.checkpoint_callback
 
