@@ -33,7 +33,15 @@ class SampleText(pl.Callback):
 
 
 class EpochLog(pl.Callback):
-    """One plain log line per epoch, for runs without a terminal (no progress bar there)."""
+    """One plain log line per epoch (readable without a terminal), and one at the first step."""
+
+    def __init__(self):
+        self.started = False
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args) -> None:
+        if not self.started:  # scripts/bench.py times start-up up to this line
+            self.started = True
+            log.info("first training step (global step %d)", trainer.global_step)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         m = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}

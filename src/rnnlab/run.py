@@ -176,7 +176,7 @@ def _fit_and_test(cfg: DictConfig, out_dir: Path, summary: dict) -> StopOnSignal
     stopper = StopOnSignal(ckpt_dir)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()] + [stopper]
     interactive = sys.stdout.isatty()
-    callbacks.append(RichProgressBar() if interactive else EpochLog())
+    callbacks += [EpochLog(), RichProgressBar()] if interactive else [EpochLog()]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers,
                                       plugins=[AtomicCheckpointIO()], _convert_="all",

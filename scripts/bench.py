@@ -1,0 +1,338 @@
+"""Benchmarks, side by side in one run: training throughput, data preparation, start-up.
+
+    python scripts/bench.py                    # the full table (several minutes on 2 cores)
+    python scripts/bench.py --quick            # seconds: tiny sizes, checks the machinery
+    python scripts/bench.py --device cuda      # the same on a GPU
+    python scripts/bench.py --only train --batch-sizes 32 --threads 1
+
+Throughput is tokens/s after warm-up, median (min-max) over repetitions, for
+- `book`: the book's loop written plainly (one-hot input, per-step output layer, hand clipping,
+  a manual SGD update), kept here as the reference every ratio is taken against;
+- each model (`rnn_scratch` fast and book mode, `rnn`, `gru`, `lstm`) through the real Lightning
+  training step with logging on, and the same module in a plain PyTorch loop, so the Lightning
+  overhead is a ratio from the same run.
+Results go to stdout (a table) and to a JSON file (--out, default outputs/bench.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("PROJECT_ROOT", str(ROOT))
+
+import pytorch_lightning as pl  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from rnnlab.cores import ScratchRNN, TorchRNN  # noqa: E402
+from rnnlab.lm import LanguageModel, clip_grad_norm_book  # noqa: E402
+
+MODELS = {
+    "rnn_scratch": partial(ScratchRNN, fast=True),
+    "rnn_scratch_book": partial(ScratchRNN, fast=False),
+    "rnn": partial(TorchRNN, "rnn"),
+    "gru": partial(TorchRNN, "gru"),
+    "lstm": partial(TorchRNN, "lstm"),
+}
+
+
+def batches(corpus: torch.Tensor, batch_size: int, num_steps: int, count: int, device: str):
+    """`count` sequential (X, Y) minibatches cycling over the corpus, already on the device."""
+    stream = (len(corpus) - 1) // batch_size
+    Xs = corpus[: stream * batch_size].view(batch_size, stream)
+    Ys = corpus[1 : stream * batch_size + 1].view(batch_size, stream)
+    n = stream // num_steps
+    return [(Xs[:, (i % n) * num_steps : (i % n + 1) * num_steps].to(device),
+             Ys[:, (i % n) * num_steps : (i % n + 1) * num_steps].to(device))
+            for i in range(count)]
+
+
+def rates(times: list[float], tokens_per_step: int, reps: int) -> dict:
+    """Split the per-step times into `reps` chunks: median and range of their tokens/s."""
+    chunk = max(1, len(times) // reps)
+    per = [tokens_per_step * chunk / sum(times[i : i + chunk])
+           for i in range(0, chunk * reps, chunk) if times[i : i + chunk]]
+    return {"median": statistics.median(per), "min": min(per), "max": max(per), "reps": len(per)}
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def bench_book(data, vocab: int, hidden: int, warmup: int, device: str) -> list[float]:
+    """The book's training loop (D2L 8.5), one-hot input and an output layer at every step."""
+    g = torch.Generator().manual_seed(0)
+    normal = lambda *s: (torch.randn(*s, generator=g) * 0.01).to(device).requires_grad_()  # noqa
+    params = [normal(vocab, hidden), normal(hidden, hidden),
+              torch.zeros(hidden, device=device, requires_grad=True), normal(hidden, vocab),
+              torch.zeros(vocab, device=device, requires_grad=True)]
+    W_xh, W_hh, b_h, W_hq, b_q = params
+    state, times = None, []
+    for X, Y in data:
+        t0 = time.perf_counter()
+        H = torch.zeros(X.shape[0], hidden, device=device) if state is None else state.detach()
+        outputs = []
+        for x in F.one_hot(X.T.long(), vocab).float():
+            H = torch.tanh(x @ W_xh + H @ W_hh + b_h)
+            outputs.append(H @ W_hq + b_q)
+        state = H
+        loss = F.cross_entropy(torch.cat(outputs), Y.T.reshape(-1).long())
+        loss.backward()
+        with torch.no_grad():
+            clip_grad_norm_book(params, 1.0)
+            for p in params:
+                p -= 1.0 * p.grad
+                p.grad.zero_()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return times[warmup:]
+
+
+def make_model(name: str, vocab: int, hidden: int, compile_core: bool) -> LanguageModel:
+    model = LanguageModel(core=partial(MODELS[name], num_hiddens=hidden), vocab_size=vocab,
+                          optimizer=partial(torch.optim.SGD, lr=1.0))
+    if compile_core:
+        model.core = torch.compile(model.core)
+    return model
+
+
+def bench_plain(model: LanguageModel, data, warmup: int, device: str) -> list[float]:
+    """The module's own forward/loss in a bare loop: what Lightning's overhead is measured on."""
+    model.to(device).train()
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    times = []
+    for batch in data:
+        t0 = time.perf_counter()
+        loss, _ = model._loss(batch, carry=True)
+        loss.backward()
+        if model.book_style:
+            clip_grad_norm_book(list(model.parameters()), 1.0)
+        else:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return times[warmup:]
+
+
+class StepTimer(pl.Callback):
+    """Seconds from one batch start to the next: the step plus all of Lightning's work around
+    it (data fetching, hooks, logging)."""
+
+    def __init__(self, device: str):
+        self.device, self.times, self._t0 = device, [], None
+
+    def on_train_batch_start(self, *args) -> None:
+        sync(self.device)
+        now = time.perf_counter()
+        if self._t0 is not None:
+            self.times.append(now - self._t0)
+        self._t0 = now
+
+
+def bench_lightning(model: LanguageModel, data, warmup: int, device: str) -> list[float]:
+    """The real training step: Trainer, TensorBoard logging every 10 steps, clipping at 1."""
+    timer = StepTimer(device)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = pl.Trainer(
+            accelerator="gpu" if device.startswith("cuda") else "cpu", devices=1,
+            max_steps=len(data) + 1, max_epochs=-1, gradient_clip_val=1.0, log_every_n_steps=10,
+            logger=pl.loggers.TensorBoardLogger(tmp, name="tb", default_hp_metric=False),
+            callbacks=[timer], enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0)
+        loader = torch.utils.data.DataLoader(data + data[-1:], batch_size=None, shuffle=False)
+        trainer.fit(model, train_dataloaders=loader)
+    return timer.times[warmup - 1 :]
+
+
+def corpus_tensor(quick: bool) -> tuple[torch.Tensor, int]:
+    from rnnlab.vocab import encode_corpus, preprocess
+
+    path = ROOT / "outputs" / "data" / "timemachine.txt"
+    if path.is_file():
+        ids, vocab = encode_corpus(preprocess(path.read_text(), "letters"), "char")
+        return ids.long(), len(vocab)
+    g = torch.Generator().manual_seed(0)  # without the corpus: uniform tokens, same shapes
+    return torch.randint(0, 28, (20_000 if quick else 200_000,), generator=g), 28
+
+
+def _record(rows, name, loop, times, bs, threads, tokens, args) -> None:
+    r = rates(times, tokens, args.reps)
+    rows.append({"model": name, "loop": loop, "batch_size": bs, "threads": threads,
+                 "device": args.device, **r})
+    print(f"  {name:18s} {loop:9s} bs={bs:<4d} threads={threads} "
+          f"{r['median']:>9,.0f} tok/s ({r['min']:,.0f}-{r['max']:,.0f})", flush=True)
+
+
+def bench_training(args) -> list[dict]:
+    corpus, vocab = corpus_tensor(args.quick)
+    rows = []
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        for bs in args.batch_sizes:
+            steps = args.steps + args.warmup
+            data = batches(corpus, bs, args.num_steps, steps, "cpu")
+            dev_data = [(x.to(args.device), y.to(args.device)) for x, y in data]
+            tokens = bs * args.num_steps
+
+            record = partial(_record, rows, bs=bs, threads=threads, tokens=tokens, args=args)
+            record("book_reference", "plain",
+                   bench_book(dev_data, vocab, args.hidden, args.warmup, args.device))
+            for name in args.models:
+                for compile_core in ([False, True] if args.compile else [False]):
+                    label = name + ("+compile" if compile_core else "")
+                    torch.manual_seed(0)
+                    model = make_model(name, vocab, args.hidden, compile_core)
+                    record(label, "plain", bench_plain(model, dev_data, args.warmup,
+                                                       args.device))
+                    torch.manual_seed(0)
+                    model = make_model(name, vocab, args.hidden, compile_core)
+                    record(label, "lightning", bench_lightning(model, data, args.warmup,
+                                                               args.device))
+    return rows
+
+
+def ratios(rows: list[dict]) -> list[dict]:
+    """Every model's median over the book reference, and Lightning's overhead, per setting."""
+    out = []
+    keyed = {(r["model"], r["loop"], r["batch_size"], r["threads"]): r["median"] for r in rows}
+    for (model, loop, bs, th), median in keyed.items():
+        if loop != "lightning":
+            continue
+        ref = keyed[("book_reference", "plain", bs, th)]
+        plain = keyed.get((model, "plain", bs, th))
+        out.append({"model": model, "batch_size": bs, "threads": th,
+                    "vs_book": median / ref,
+                    "lightning_overhead": (plain / median - 1) if plain else None})
+    return out
+
+
+DATA_PREP = """
+import resource, sys, time, torch
+from rnnlab.vocab import encode_corpus, preprocess
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+t0 = time.perf_counter()
+with open(sys.argv[1], encoding="utf-8") as f:
+    text = f.read()
+t1 = time.perf_counter()
+text = preprocess(text, "letters")
+t2 = time.perf_counter()
+ids, vocab = encode_corpus(text, sys.argv[2], 0.9)
+t3 = time.perf_counter()
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(t1 - t0, t2 - t1, t3 - t2, t3 - t0, base * 1024, peak * 1024, len(ids), len(vocab),
+      ids.dtype, ids.element_size())
+"""
+
+
+def bench_data(args) -> list[dict]:
+    """Read, preprocess, tokenise, build the vocabulary, encode: a repeated Time Machine."""
+    src = ROOT / "outputs" / "data" / "timemachine.txt"
+    seed = src.read_text() if src.is_file() else "the time machine by h g wells " * 6000
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        big = Path(tmp) / "big.txt"
+        reps = max(1, int(args.data_mb * 1e6 / len(seed)))
+        big.write_text(seed * reps)
+        for token in ("char", "word"):
+            out = subprocess.run([sys.executable, "-c", DATA_PREP, str(big), token], check=True,
+                                 capture_output=True, text=True).stdout.split()
+            read, prep, enc, total, base, peak = map(float, out[:6])
+            row = {"token": token, "mb": big.stat().st_size / 1e6, "read_s": read,
+                   "preprocess_s": prep, "tokenize_vocab_encode_s": enc, "total_s": total,
+                   "peak_rss_gb": peak / 2**30, "rss_after_imports_gb": base / 2**30,
+                   "tokens": int(out[6]), "vocab": int(out[7]), "dtype": out[8]}
+            rows.append(row)
+            print(f"  data {token:4s} {row['mb']:.0f} MB: {total:.2f} s (read {read:.2f}, "
+                  f"preprocess {prep:.2f}, encode {enc:.2f}), peak RSS {row['peak_rss_gb']:.2f} "
+                  f"GB ({row['rss_after_imports_gb']:.2f} after imports), {out[8]}", flush=True)
+    return rows
+
+
+def bench_startup(args) -> dict:
+    """Seconds from launching `python scripts/train.py` to its first training step."""
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "scripts" / "train.py"), "+trainer.max_steps=2",
+             "+trainer.limit_val_batches=0", "test=false", "trainer.accelerator=cpu",
+             f"hydra.run.dir={tmp}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True)
+        first = None
+        for line in proc.stdout:
+            if first is None and "first training step" in line:
+                first = time.perf_counter() - t0
+        proc.wait()
+        total = time.perf_counter() - t0
+    if first is None:
+        raise RuntimeError(f"scripts/train.py never reached its first step (exit {proc.returncode})")
+    print(f"  start-up to first training step: {first:.2f} s (whole 2-step run {total:.2f} s)")
+    return {"to_first_step_s": first, "two_step_run_s": total}
+
+
+def main() -> None:
+    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="tiny sizes: checks that it all runs")
+    p.add_argument("--only", choices=["train", "data", "startup"], action="append")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 256])
+    p.add_argument("--threads", type=int, nargs="+", default=[1, torch.get_num_threads()])
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--hidden", type=int, default=512)
+    p.add_argument("--num-steps", type=int, default=35)
+    p.add_argument("--steps", type=int, default=40, help="measured steps per setting")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--data-mb", type=float, default=100)
+    p.add_argument("--compile", action="store_true", help="also torch.compile each core")
+    p.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench.json")
+    args = p.parse_args()
+    if args.quick:
+        args.batch_sizes, args.threads, args.hidden = [8], [1], 32
+        args.steps, args.warmup, args.reps, args.data_mb = 6, 2, 2, 1
+    if args.device.startswith("cuda"):
+        args.threads = args.threads[:1]
+    only = set(args.only or ["train", "data", "startup"])
+    result = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": platform.processor()
+              or platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__,
+              "device": args.device, "gpu": torch.cuda.get_device_name(0)
+              if args.device.startswith("cuda") else None,
+              "settings": {k: v for k, v in vars(args).items() if k not in ("out", "only")}}
+    if "train" in only:
+        print("training throughput (tokens/s):", flush=True)
+        result["training"] = bench_training(args)
+        result["ratios"] = ratios(result["training"])
+        for r in result["ratios"]:
+            over = r["lightning_overhead"]
+            print(f"  {r['model']:18s} bs={r['batch_size']:<4d} threads={r['threads']}  "
+                  f"{r['vs_book']:.2f}x book loop, Lightning overhead "
+                  f"{'-' if over is None else f'{100 * over:+.1f}%'}")
+    if "data" in only:
+        print("data preparation:", flush=True)
+        result["data"] = bench_data(args)
+    if "startup" in only:
+        result["startup"] = bench_startup(args)
+    result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2, default=str))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

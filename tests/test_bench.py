@@ -1,0 +1,25 @@
+"""The benchmark runs (timings are never asserted: they live in scripts/bench.py's output)."""
+
+import json
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def test_bench_quick_runs_and_writes_valid_json(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts/bench.py"), "--quick",
+                           "--only", "train", "--only", "data", "--models", "rnn_scratch",
+                           "rnn", "--out", str(out)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    loops = {(r["model"], r["loop"]) for r in result["training"]}
+    assert {("book_reference", "plain"), ("rnn_scratch", "lightning"),
+            ("rnn_scratch", "plain"), ("rnn", "lightning")} <= loops
+    assert all(r["median"] > 0 and r["min"] <= r["median"] <= r["max"]
+               for r in result["training"])
+    assert {r["model"] for r in result["ratios"]} == {"rnn_scratch", "rnn"}
+    assert {d["token"] for d in result["data"]} == {"char", "word"}
+    assert all(d["tokens"] > 0 and d["peak_rss_gb"] > 0 for d in result["data"])
