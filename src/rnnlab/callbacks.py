@@ -44,8 +44,11 @@ class EpochLog(pl.Callback):
             log.info("first training step (global step %d)", trainer.global_step)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        m = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+        # callbacks run before the module's own epoch-end hook: ask the module, not the metrics
+        m = pl_module.epoch_stats() if hasattr(pl_module, "epoch_stats") else {}
+        val = trainer.callback_metrics.get("val/ppl")
         log.info("epoch %d/%d  train/ppl %.3f  val/ppl %.3f  tokens/s %.0f",
                  trainer.current_epoch + 1, trainer.max_epochs or -1,
-                 m.get("train/ppl_epoch", float("nan")), m.get("val/ppl", float("nan")),
+                 m.get("train/ppl_epoch", float("nan")),
+                 float("nan") if val is None else float(val),
                  m.get("train/tokens_per_s_epoch", float("nan")))

@@ -134,8 +134,8 @@ class LanguageModel(pl.LightningModule):
         return F.cross_entropy(logits, Y.T.reshape(-1).long()), Y.numel()
 
     def _start_epoch_stats(self) -> None:
-        self._loss_sum, self._tokens = torch.zeros((), device=self.device), 0
-        self._epoch_t0 = self._step_t0 = time.perf_counter()
+        self._loss_sum, self._tokens, self._train_time = torch.zeros((), device=self.device), 0, 0.0
+        self._step_t0 = self._batch_t0 = time.perf_counter()
 
     def on_train_epoch_start(self) -> None:
         self._state = None
@@ -191,12 +191,23 @@ class LanguageModel(pl.LightningModule):
         else:
             self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm or "norm")
 
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        self._batch_t0 = time.perf_counter()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        self._train_time += time.perf_counter() - self._batch_t0
+
+    def epoch_stats(self) -> dict[str, float]:
+        """This epoch so far: token-weighted train perplexity and training tokens/s (the time
+        spent in training steps, validation excluded)."""
+        if not self._tokens:
+            return {}
+        return {"train/ppl_epoch": float(torch.exp(self._loss_sum / self._tokens)),
+                "train/tokens_per_s_epoch": self._tokens / max(self._train_time, 1e-9)}
+
     def on_train_epoch_end(self) -> None:
-        if self._tokens:
-            ppl = torch.exp(self._loss_sum / self._tokens)
-            self.log("train/ppl_epoch", ppl)
-            elapsed = time.perf_counter() - self._epoch_t0
-            self.log("train/tokens_per_s_epoch", self._tokens / max(elapsed, 1e-9))
+        for key, value in self.epoch_stats().items():
+            self.log(key, value)
 
     # ---- evaluation ---------------------------------------------------------------------------
     def _eval_start(self) -> None:
