@@ -186,7 +186,8 @@ def bench_training(args) -> list[dict]:
     for threads in args.threads:
         torch.set_num_threads(threads)
         for bs in args.batch_sizes:
-            steps = args.steps + args.warmup
+            # fewer steps at larger batches (each takes longer), at least 2 per repetition
+            steps = max(2 * args.reps, args.steps * 32 // max(bs, 32)) + args.warmup
             data = batches(corpus, bs, args.num_steps, steps, "cpu")
             dev_data = [(x.to(args.device), y.to(args.device)) for x, y in data]
             tokens = bs * args.num_steps
@@ -302,7 +303,8 @@ def main() -> None:
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     p.add_argument("--hidden", type=int, default=512)
     p.add_argument("--num-steps", type=int, default=35)
-    p.add_argument("--steps", type=int, default=40, help="measured steps per setting")
+    p.add_argument("--steps", type=int, default=40,
+                   help="measured steps at batch 32 (fewer at larger batches)")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--data-mb", type=float, default=100)

@@ -24,20 +24,6 @@ from rnnlab.cli import run_main  # noqa: E402
 NAMES = {1: "unigram", 2: "bigram", 3: "trigram"}
 
 
-def _instantiate(node, **kwargs):
-    """hydra's instantiate, re-raising a ValueError from the target (a bad setting) as itself,
-    so that run_main prints it as one line."""
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
-
-    try:
-        return instantiate(node, **kwargs)
-    except InstantiationException as e:
-        if isinstance(e.__cause__, ValueError):
-            raise e.__cause__ from None
-        raise
-
-
 def _show(vocab, ids, token: str) -> str:
     toks = vocab.to_tokens(list(ids))
     if token == "char":
@@ -88,6 +74,7 @@ def corpus_stats(cfg: DictConfig) -> float:
 
     import matplotlib.pyplot as plt
     import numpy as np
+    from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
     from rnnlab.ngram import NGramCounts, perplexity_table, zipf_fit
@@ -107,7 +94,7 @@ def corpus_stats(cfg: DictConfig) -> float:
     if cfg.stats.split not in ("train", "all"):
         raise ValueError(f"stats.split={cfg.stats.split!r} is unknown; use one of "
                          f"['train', 'all']")
-    dm = _instantiate(cfg.data)
+    dm = instantiate(cfg.data)
     dm.prepare_data()
     dm.setup()
     vocab, token, V = dm.vocab, cfg.data.token, len(dm.vocab)

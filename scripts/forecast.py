@@ -23,20 +23,6 @@ from omegaconf import DictConfig  # noqa: E402
 from rnnlab.cli import run_main  # noqa: E402
 
 
-def _instantiate(node, **kwargs):
-    """hydra's instantiate, re-raising a ValueError from the target (a bad setting) as itself,
-    so that run_main prints it as one line."""
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
-
-    try:
-        return instantiate(node, **kwargs)
-    except InstantiationException as e:
-        if isinstance(e.__cause__, ValueError):
-            raise e.__cause__ from None
-        raise
-
-
 def _plots(name: str, dm, ev: dict):
     import matplotlib
 
@@ -91,6 +77,7 @@ def forecast(cfg: DictConfig) -> float:
     import matplotlib.pyplot as plt
     import pytorch_lightning as pl
     import torch
+    from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
     from rnnlab.forecast import evaluate
@@ -111,16 +98,16 @@ def forecast(cfg: DictConfig) -> float:
     jobs = [("mlp", cfg.model, None, cfg.trainer.max_epochs)]
     if cfg.get("latent") and cfg.latent.get("enabled", True):
         jobs.append(("latent", cfg.latent.model, cfg.latent.window, cfg.latent.max_epochs))
-    dms = {name: _instantiate(cfg.data, window=window) for name, _, window, _ in jobs}
+    dms = {name: instantiate(cfg.data, window=window) for name, _, window, _ in jobs}
     results, models, plots = {}, {}, {}
     for name, model_cfg, _, epochs in jobs:
         pl.seed_everything(cfg.seed, workers=True)
         dm = dms[name]
         dm.setup()
-        model = _instantiate(model_cfg)
-        logger = (_instantiate(cfg.logger.tensorboard, version=name)
+        model = instantiate(model_cfg)
+        logger = (instantiate(cfg.logger.tensorboard, version=name)
                   if cfg.get("logger") and cfg.logger.get("tensorboard") else False)
-        trainer = _instantiate(cfg.trainer, logger=logger, max_epochs=epochs,
+        trainer = instantiate(cfg.trainer, logger=logger, max_epochs=epochs,
                                enable_progress_bar=sys.stdout.isatty())
         fit_started = time.time()
         trainer.fit(model, datamodule=dm)

@@ -21,7 +21,9 @@ def sample(cfg: DictConfig) -> str:
 
     from rnnlab.generate import generate, load_checkpoint
 
-    model = load_checkpoint(cfg.ckpt_path, map_location=cfg.device).to(cfg.device)
+    if str(cfg.device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={cfg.device} but no CUDA GPU is visible; use device=cpu")
+    model = load_checkpoint(cfg.ckpt_path, map_location="cpu").to(cfg.device)
     gen = torch.Generator().manual_seed(cfg.seed)
     text = generate(model, str(cfg.prefix), cfg.num_preds, cfg.temperature, gen)
     print(text)

@@ -187,3 +187,26 @@ def test_locked_dropout_uses_one_mask_for_all_time_steps():
     assert torch.equal(y[0], y[-1]) and (y == 0).any()  # the same units dropped at every step
     model.eval()
     assert torch.equal(model.drop(x), x)
+
+
+def test_clipping_hook_leaves_the_global_norm_at_the_threshold():
+    torch.manual_seed(0)
+    model = lm(partial(ScratchRNN, num_hiddens=H))
+    X = torch.randint(0, V, (4, 6))
+    loss, _ = model._loss((X, X), carry=False)
+    (loss * 1e4).backward()
+    before = torch.sqrt(sum((p.grad**2).sum() for p in model.parameters()))
+    model.configure_gradient_clipping(None, gradient_clip_val=0.5)
+    after = torch.sqrt(sum((p.grad**2).sum() for p in model.parameters()))
+    assert before > 0.5 and after == pytest.approx(0.5, rel=1e-5)
+
+
+def test_evaluation_does_not_reset_the_carried_training_state():
+    model = lm(partial(ScratchRNN, num_hiddens=H))
+    X = torch.randint(0, V, (2, 5))
+    model._loss((X, X), carry=True)
+    carried = model._state
+    model._eval_start()
+    model._eval_step((X[:1], X[:1]))  # validation in the middle of an epoch
+    model._eval_end("val")
+    assert model._state is carried

@@ -56,6 +56,24 @@ def test_cli_error_is_one_line_and_exit_code_2(corpus_file, tmp_path):
                       "['random', 'sequential']"]
 
 
+def test_errors_raised_inside_constructors_are_one_line_too(corpus_file, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts/train.py"), f"data.path={corpus_file}",
+         "model.core.kind=transformer", "model=rnn", f"hydra.run.dir={tmp_path / 'cli'}"],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert errors == ["error: model.core.kind='transformer' is unknown; use one of "
+                      "['rnn', 'gru', 'lstm']"]
+
+
+def test_divergence_with_clipping_on_is_reported_not_crashed(cfg_factory):
+    cfg = cfg_factory("model.optimizer.lr=1e4", "trainer.gradient_clip_val=1000000",
+                      "model.core.num_hiddens=64", "trainer.max_epochs=3", "test=false")
+    train(cfg)
+    assert summary(cfg)["status"] == "diverged"
+
+
 def test_full_bptt_memory_estimate_refuses_what_would_not_fit(cfg_factory):
     cfg = cfg_factory("bptt=full", "bptt.max_memory_gb=0.000001")
     with pytest.raises(ConfigError, match=r"bptt=full would keep about .* GB.*max_memory_gb"):

@@ -27,10 +27,13 @@ def test_every_model_sampling_bptt_trains_to_a_finite_perplexity(cfg_factory, mo
     best = train(cfg)
     s = summary_of(cfg)
     assert s["status"] == "finished" and s["bptt"] == bptt and s["sampling"] == sampling
-    assert math.isfinite(best) and 1 < best < 100
-    assert s["global_step"] >= 1
+    vocab = len(load_checkpoint(s["checkpoints"]["last"]).vocab)
+    assert math.isfinite(best) and best > 1
     if bptt == "full":
         assert s["global_step"] == 1  # one update per epoch: the whole stream at once
+        assert best < 1.05 * vocab
+    else:
+        assert best < 0.7 * vocab  # learned something: well below uniform guessing
 
 
 def test_summary_checkpoints_and_tensorboard(cfg_factory):

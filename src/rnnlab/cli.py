@@ -18,10 +18,21 @@ from omegaconf import DictConfig
 log = logging.getLogger("rnnlab")
 
 
+def _user_error(e: BaseException) -> BaseException | None:
+    """The bad-input error behind `e`: itself, or the cause Hydra's instantiate wrapped."""
+    for err in (e, e.__cause__):
+        if isinstance(err, (ValueError, FileNotFoundError, PermissionError)):
+            return err
+    return None
+
+
 def run_main(task: Callable[[DictConfig], object], cfg: DictConfig):
     try:
         return task(cfg)
-    except (ValueError, FileNotFoundError) as e:
+    except Exception as raised:
+        e = _user_error(raised)
+        if e is None:
+            raise
         try:
             multirun = HydraConfig.get().mode == RunMode.MULTIRUN
         except ValueError:

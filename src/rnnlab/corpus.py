@@ -105,6 +105,9 @@ def read_text(path: str | os.PathLike) -> str:
             f"data.path={path} is not UTF-8 text (byte {e.start}: {e.reason}); "
             f"convert it, e.g. `iconv -f latin1 -t utf-8`"
         ) from e
+    except OSError as e:
+        raise CorpusError(f"data.path={path} cannot be read ({e.strerror}); check its "
+                          f"permissions or pass another file") from e
     if not text.strip():
         raise CorpusError(f"data.path={path} is empty; pass a file with text in it")
     return text

@@ -31,6 +31,8 @@ def clip_grad_norm_book(params: list[nn.Parameter], theta: float) -> torch.Tenso
     """D2L's hand-written clipping: scale all gradients by min(1, theta / ||g||).
     The min is a tensor op, so the step never waits on the device to compare norms."""
     grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
     norm = torch.sqrt(sum(torch.sum(g * g) for g in grads))
     scale = torch.clamp(theta / norm, max=1.0)
     for g in grads:
@@ -148,7 +150,8 @@ class LanguageModel(pl.LightningModule):
             self._diverge(f"loss is {loss.item():.4g}, perplexity overflows")
             return None  # Lightning skips the update
         self._last_loss = loss.detach()
-        self._loss_sum += loss.detach() * n
+        # .to(): after a mid-epoch resume the restored sum may still sit on the CPU
+        self._loss_sum = self._loss_sum.to(loss.device) + loss.detach() * n
         self._tokens += n
         now = time.perf_counter()
         self.log("train/ppl", torch.exp(loss.detach()), prog_bar=True)
@@ -183,7 +186,7 @@ class LanguageModel(pl.LightningModule):
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None,
                                     gradient_clip_algorithm=None) -> None:
-        if not gradient_clip_val:
+        if not gradient_clip_val or self.diverged_at is not None:
             return
         if self.book_style:
             clip_grad_norm_book([p for p in self.parameters() if p.grad is not None],
@@ -211,7 +214,8 @@ class LanguageModel(pl.LightningModule):
 
     # ---- evaluation ---------------------------------------------------------------------------
     def _eval_start(self) -> None:
-        self._state = None
+        # a validation in the middle of an epoch must not reset the carried training state
+        self._train_state, self._state = self._state, None
         self._eval_sum, self._eval_tokens = torch.zeros((), device=self.device), 0
 
     def _eval_step(self, batch) -> None:
@@ -222,7 +226,7 @@ class LanguageModel(pl.LightningModule):
     def _eval_end(self, split: str) -> None:
         if self._eval_tokens:
             self.log(f"{split}/ppl", torch.exp(self._eval_sum / self._eval_tokens), prog_bar=True)
-        self._state = None
+        self._state = getattr(self, "_train_state", None)
 
     def on_validation_epoch_start(self) -> None:
         self._eval_start()
@@ -262,7 +266,8 @@ class LanguageModel(pl.LightningModule):
         checkpoint["epoch_state"] = {
             "state": self._state, "loss_sum": self._loss_sum, "tokens": self._tokens,
             "rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+            "cuda_rng": torch.cuda.get_rng_state(self.device)
+            if self.device.type == "cuda" else None}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         stats = checkpoint.get("run_stats") or {}
@@ -275,7 +280,7 @@ class LanguageModel(pl.LightningModule):
             self._loss_sum = epoch["loss_sum"].to(self.device)
             torch.set_rng_state(epoch["rng"])
             if epoch["cuda_rng"] is not None and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(epoch["cuda_rng"])
+                torch.cuda.set_rng_state(epoch["cuda_rng"])
 
     def run_stats(self) -> dict:
         """Totals over the whole run for summary.json (one sync, at the end)."""

@@ -10,7 +10,7 @@ Writes into the first sweep dir: report.md, one row per configuration (the value
 overrides that vary between jobs, seed excluded) sorted by best val/ppl, the best starred, mean
 ± sample std over seeds; report.json, the same rows (inf/nan as null); val_ppl.png; factors.png,
 one panel per swept key; grad_norm.png whenever any job logged train/grad_norm. Jobs without
-summary.json (running, killed, or failed before training) or with status failed are listed
+summary.json, still marked running (or killed), or with status failed are listed
 under "Missing / failed".
 """
 
@@ -215,10 +215,16 @@ def missing_jobs(jobs: list[Job], keys: list[str]) -> list[dict]:
     """Jobs without a readable summary.json (and what else they lack) or with status failed."""
     out = []
     for job in jobs:
-        if job.summary is not None and job.summary.get("status") != "failed":
+        status = job.summary.get("status") if job.summary is not None else None
+        if job.summary is not None and status not in ("failed", "running"):
             continue
-        if job.summary is not None:
+        if status == "failed":
             problem = f"status failed: {job.summary.get('error', 'no error recorded')}"
+        elif status == "running":  # written at start, never finished: running, or killed
+            val = job.scalars.get("val/ppl")
+            problem = ("status running: still running, or killed before it could finish; "
+                       + (f"last val/ppl {val[-1][1]:.2f} at step {val[-1][0]}" if val
+                          else "no val/ppl events yet"))
         else:
             log = job.dir / "train.log"
             lines = log.read_text(errors="replace").splitlines() if log.is_file() else []
@@ -332,8 +338,8 @@ def write_report(sweep_dirs: list[Path], baseline: Path | None = None) -> tuple[
           "- perplexities are mean ± sample std over seeds (n runs), other columns means; ★ marks "
           "the lowest best val/ppl among configurations whose jobs all finished", "", table, ""]
     if missing:
-        md += ["## Missing / failed", "", "Jobs without summary.json are still running, were "
-               "killed, or failed before training started (config check, data): see their "
+        md += ["## Missing / failed", "", "Jobs still marked running are running or were killed; "
+               "jobs without summary.json never started; failed jobs say why. See each job's "
                "train.log and the sweep's console output.", ""]
         md += [f"- `{m['job']}` ({', '.join(f'{k}={v}' for k, v in m['values'].items())}): "
                f"{m['problem']}" for m in missing] + [""]

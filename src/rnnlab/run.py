@@ -9,6 +9,7 @@ with a summary.json saying so, and checkpoints are written atomically (temp file
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -44,6 +45,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         os.replace(tmp, path)
 
 
+class Interrupted(Exception):
+    """Raised right after the signal's checkpoint is saved, so that nothing runs after it
+    (Lightning would otherwise validate and save a checkpoint of a half epoch)."""
+
+
 class StopOnSignal(pl.Callback):
     """SIGINT/SIGTERM: finish the current step, save last.ckpt, stop. A second signal kills."""
 
@@ -66,11 +72,15 @@ class StopOnSignal(pl.Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        self._previous = {}
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self.on_train_end(trainer, pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.received is not None and not trainer.should_stop:
-            trainer.should_stop = True
+        if self.received is not None:
             trainer.save_checkpoint(self.ckpt_dir / "last.ckpt")
+            raise Interrupted(self.received)
 
 
 def torch_threads(cfg: DictConfig) -> int:
@@ -189,7 +199,8 @@ def _fit_and_test(cfg: DictConfig, out_dir: Path, summary: dict) -> StopOnSignal
                                         "last": str(last) if last.exists() else None})
 
     if cfg.get("train", True):
-        trainer.fit(model, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+        with contextlib.suppress(Interrupted):  # last.ckpt is saved; the summary says so
+            trainer.fit(model, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
     stats = model.run_stats()
     status = "diverged" if stats["diverged"] else "interrupted" if stopper.received else "finished"
     best = float(ckpt_cb.best_model_score) if ckpt_cb and ckpt_cb.best_model_score is not None \

@@ -41,6 +41,19 @@ def validate_config(cfg: DictConfig) -> None:
         _positive_int("model.core.num_layers", model.core.num_layers)
     if model.get("embedding_dim") is not None:
         _positive_int("model.embedding_dim", model.embedding_dim)
+    for key in ("eval_batch_size", "max_tokens"):
+        if data.get(key) is not None:
+            _positive_int(f"data.{key}", data[key])
+    if cfg.get("torch_threads") is not None:
+        _positive_int("torch_threads", cfg.torch_threads)
+    splits = list(data.splits)
+    if len(splits) != 3 or min(splits) < 0 or splits[0] <= 0 or abs(sum(splits) - 1) > 1e-6:
+        raise ConfigError(f"data.splits={splits} must be 3 non-negative fractions (train > 0) "
+                          f"summing to 1, e.g. [0.9,0.05,0.05]")
+    if not 0 <= model.get("dropout", 0) < 1:
+        raise ConfigError(f"model.dropout={model.dropout} must be in [0, 1)")
+    if not 0 < cfg.bptt.get("keep_prob", 1.0) <= 1:
+        raise ConfigError(f"bptt.keep_prob={cfg.bptt.keep_prob} must be in (0, 1]")
     if data.min_freq is not None and data.min_freq < 0:
         raise ConfigError(f"data.min_freq={data.min_freq} must be >= 0")
     if cfg.bptt.windows == "full" and data.sampling != "sequential":
