@@ -19,7 +19,7 @@ os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[1]))
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from rnnlab.cli import run_main  # noqa: E402
+from rnnlab.cli import run_main, save_config  # noqa: E402
 
 NAMES = {1: "unigram", 2: "bigram", 3: "trigram"}
 
@@ -75,17 +75,13 @@ def corpus_stats(cfg: DictConfig) -> float:
     import matplotlib.pyplot as plt
     import numpy as np
     from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
     from rnnlab.ngram import NGramCounts, perplexity_table, zipf_fit
 
     log = logging.getLogger("rnnlab.corpus_stats")
     started = time.time()
     out_dir = Path(cfg.paths.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    plain = {key: OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value)
-             else value for key, value in cfg.items() if key != "hydra"}
-    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(plain))
+    save_config(cfg, out_dir)
     orders = sorted({int(n) for n in cfg.ngram.orders})
     ks = sorted({float(k) for k in cfg.ngram.ks}, reverse=True)
     if not orders or orders[0] < 1 or not ks or min(ks) <= 0:

@@ -20,7 +20,7 @@ os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[1]))
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from rnnlab.cli import run_main  # noqa: E402
+from rnnlab.cli import run_main, save_config  # noqa: E402
 
 
 def _plots(name: str, dm, ev: dict):
@@ -78,17 +78,13 @@ def forecast(cfg: DictConfig) -> float:
     import pytorch_lightning as pl
     import torch
     from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
     from rnnlab.forecast import evaluate
 
     log = logging.getLogger("rnnlab.forecast")
     started = time.time()
     out_dir = Path(cfg.paths.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    plain = {key: OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value)
-             else value for key, value in cfg.items() if key != "hydra"}
-    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(plain))
+    save_config(cfg, out_dir)
     if cfg.get("torch_threads"):
         torch.set_num_threads(int(cfg.torch_threads))
     ks = sorted({int(k) for k in cfg.ks})

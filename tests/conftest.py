@@ -49,6 +49,24 @@ def make_cfg(tmp_path: Path, corpus: Path, overrides: list[str] = ()):
 
 
 @pytest.fixture
+def compose_run(tmp_path):
+    """Compose a primary config as the CLI would, its run dir in tmp_path; reset Hydra after."""
+
+    def _compose(config: str, overrides: list[str]):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            cfg = compose(config, overrides=overrides, return_hydra_config=True)
+        GlobalHydra.instance().clear()
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(tmp_path / "run")
+        HydraConfig.instance().set_config(cfg)
+        return cfg
+
+    yield _compose
+    HydraConfig.instance().cfg = None
+
+
+@pytest.fixture
 def cfg_factory(tmp_path: Path, corpus_file: Path):
     return lambda *overrides, path=corpus_file: make_cfg(tmp_path, path, list(overrides))
 

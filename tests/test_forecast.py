@@ -7,10 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
 
 from rnnlab.cores import ScratchRNN, TorchRNN
 from rnnlab.forecast import LagMLP, LatentAR, SeriesDataModule, evaluate
@@ -101,24 +97,6 @@ def test_evaluate_reports_mse_per_k_with_held_out_and_clean_targets():
     assert ev["one_step_mse"] == pytest.approx(one)
     with pytest.raises(ValueError, match="max"):
         evaluate(LagMLP(tau=4), dm, ks=(1, 200))
-
-
-@pytest.fixture
-def compose_run(tmp_path):
-    """Compose a primary config as the CLI would, its run dir in tmp_path; reset Hydra after."""
-
-    def _compose(config: str, overrides: list[str]):
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-            cfg = compose(config, overrides=overrides, return_hydra_config=True)
-        GlobalHydra.instance().clear()
-        with open_dict(cfg):
-            cfg.hydra.runtime.output_dir = str(tmp_path / "run")
-        HydraConfig.instance().set_config(cfg)
-        return cfg
-
-    yield _compose
-    HydraConfig.instance().cfg = None
 
 
 def test_forecast_script_error_grows_with_k(tmp_path, compose_run):

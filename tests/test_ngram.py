@@ -8,10 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
 
 import rnnlab.ngram as ngram
 from rnnlab.ngram import AddKLM, NGramCounts, perplexity_table, zipf_fit
@@ -136,24 +132,6 @@ def _load_task(script: str, name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return getattr(module, name)
-
-
-@pytest.fixture
-def compose_run(tmp_path):
-    """Compose a primary config as the CLI would, its run dir in tmp_path; reset Hydra after."""
-
-    def _compose(config: str, overrides: list[str]):
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-            cfg = compose(config, overrides=overrides, return_hydra_config=True)
-        GlobalHydra.instance().clear()
-        with open_dict(cfg):
-            cfg.hydra.runtime.output_dir = str(tmp_path / "run")
-        HydraConfig.instance().set_config(cfg)
-        return cfg
-
-    yield _compose
-    HydraConfig.instance().cfg = None
 
 
 def test_corpus_stats_script_on_a_cyclic_word_corpus(tmp_path, compose_run):

@@ -1,4 +1,4 @@
-"""What every script's entry point shares: bad input ends in one line and a non-zero exit.
+"""What every script's entry point shares: one-line errors and exit codes, the saved config.
 
 In a single run a `ConfigError`/`CorpusError`/`ValueError` is printed as `error: ...` (no
 traceback) and the process exits with status 2. In a multirun the error is re-raised instead so
@@ -10,10 +10,11 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger("rnnlab")
 
@@ -42,3 +43,13 @@ def run_main(task: Callable[[DictConfig], object], cfg: DictConfig):
         log.debug("error", exc_info=True)  # the traceback stays in the run's log file only
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+def save_config(cfg: DictConfig, out_dir: Path) -> Path:
+    """The resolved config (without Hydra's own node) as out_dir/config.yaml."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plain = {key: OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value)
+             else value for key, value in cfg.items() if key != "hydra"}
+    path = out_dir / "config.yaml"
+    path.write_text(OmegaConf.to_yaml(plain))
+    return path

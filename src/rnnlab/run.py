@@ -28,6 +28,7 @@ from pytorch_lightning.callbacks import RichProgressBar
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from rnnlab.callbacks import EpochLog
+from rnnlab.cli import save_config
 from rnnlab.validate import ConfigError, full_bptt_bytes, validate_config
 from rnnlab.vocab import Vocab
 
@@ -168,7 +169,7 @@ def _run_dir(cfg: DictConfig) -> Path:
 
 
 def _fit_and_test(cfg: DictConfig, out_dir: Path, summary: dict) -> StopOnSignal:
-    OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
+    save_config(cfg, out_dir)
     log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
     torch.set_num_threads(torch_threads(cfg))
     summary["torch_threads"] = torch.get_num_threads()
