@@ -10,8 +10,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from rnnlab.data import SAMPLING, WINDOWS
-from rnnlab.vocab import PREPROCESS, TOKENS
+from rnnlab.data import WINDOWS
 
 
 class ConfigError(ValueError):
@@ -29,13 +28,10 @@ def _positive_int(key: str, value) -> None:
 
 
 def validate_config(cfg: DictConfig) -> None:
+    """What the constructors do not check themselves (TextDataModule checks its own names,
+    sizes and splits when it is built, which is before any data is read)."""
     data, model = cfg.data, cfg.model
-    _choice("data.sampling", data.sampling, SAMPLING)
-    _choice("data.token", data.token, TOKENS)
-    _choice("data.preprocess", data.preprocess, PREPROCESS)
     _choice("bptt", cfg.bptt.windows, WINDOWS)
-    _positive_int("data.batch_size", data.batch_size)
-    _positive_int("data.num_steps", data.num_steps)
     _positive_int("model.core.num_hiddens", model.core.num_hiddens)
     if model.core.get("num_layers") is not None:
         _positive_int("model.core.num_layers", model.core.num_layers)
@@ -46,18 +42,12 @@ def validate_config(cfg: DictConfig) -> None:
             _positive_int(f"data.{key}", data[key])
     if cfg.get("torch_threads") is not None:
         _positive_int("torch_threads", cfg.torch_threads)
-    splits = list(data.splits)
-    if len(splits) != 3 or min(splits) < 0 or splits[0] <= 0 or abs(sum(splits) - 1) > 1e-6:
-        raise ConfigError(f"data.splits={splits} must be 3 non-negative fractions (train > 0) "
-                          f"summing to 1, e.g. [0.9,0.05,0.05]")
     if not 0 <= model.get("dropout", 0) < 1:
         raise ConfigError(f"model.dropout={model.dropout} must be in [0, 1)")
     if not 0 < cfg.bptt.get("keep_prob", 1.0) <= 1:
         raise ConfigError(f"bptt.keep_prob={cfg.bptt.keep_prob} must be in (0, 1]")
     if data.min_freq is not None and data.min_freq < 0:
         raise ConfigError(f"data.min_freq={data.min_freq} must be >= 0")
-    if cfg.bptt.windows == "full" and data.sampling != "sequential":
-        raise ConfigError(f"bptt=full needs data.sampling=sequential, not {data.sampling!r}")
     clip = cfg.trainer.get("gradient_clip_val")
     if clip is not None and (not isinstance(clip, (int, float)) or clip < 0):
         raise ConfigError(f"trainer.gradient_clip_val={clip!r} must be >= 0, or null for no "
