@@ -94,3 +94,13 @@ def test_clipping_logs_the_norm_before_clipping_and_the_clipped_fraction(cfg_fac
     train(cfg)
     s = summary_of(cfg)
     assert s["clipped_fraction"] == 1.0 and s["max_grad_norm"] > 0.001
+
+
+def test_last_checkpoint_is_the_last_epoch_even_when_val_got_worse(cfg_factory):
+    cfg = cfg_factory("trainer.max_epochs=3", "model.optimizer.lr=30", "test=false")
+    train(cfg)
+    s = summary_of(cfg)
+    last = torch.load(s["checkpoints"]["last"], weights_only=False)
+    best = torch.load(s["checkpoints"]["best"], weights_only=False)
+    assert last["global_step"] == s["global_step"] and last["epoch"] == 2
+    assert best["global_step"] < last["global_step"]  # val got worse after the best epoch

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import RichProgressBar
@@ -82,6 +83,17 @@ class StopOnSignal(pl.Callback):
         if self.received is not None:
             trainer.save_checkpoint(self.ckpt_dir / "last.ckpt")
             raise Interrupted(self.received)
+
+
+def build(node: DictConfig, **kwargs):
+    """Hydra's instantiate, but a bad setting caught by the target's constructor comes out as
+    its own ValueError (one clear line), not wrapped in Hydra's InstantiationException."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, ValueError):
+            raise e.__cause__ from None
+        raise
 
 
 def torch_threads(cfg: DictConfig) -> int:
@@ -174,12 +186,12 @@ def _fit_and_test(cfg: DictConfig, out_dir: Path, summary: dict) -> StopOnSignal
     torch.set_num_threads(torch_threads(cfg))
     summary["torch_threads"] = torch.get_num_threads()
     pl.seed_everything(cfg.seed, workers=True)
-    dm = instantiate(cfg.data)
+    dm = build(cfg.data)
     dm.prepare_data()
     dm.setup()
     if cfg.bptt.windows == "full":
         check_full_bptt_memory(cfg, len(dm.corpus["train"]), len(dm.vocab))
-    model = instantiate(cfg.model, vocab_size=len(dm.vocab))
+    model = build(cfg.model, vocab_size=len(dm.vocab))
     model.run_config = OmegaConf.to_container(cfg, resolve=True)
     if cfg.get("ckpt_path"):
         check_resume_checkpoint(Path(cfg.ckpt_path), model, dm.vocab)
