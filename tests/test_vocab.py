@@ -71,3 +71,14 @@ def test_index_dtype_is_the_smallest_that_fits():
     assert index_dtype(28) == torch.uint8
     assert index_dtype(300) == torch.int16
     assert index_dtype(70_000) == torch.int32
+
+
+def test_letters_preprocessing_equals_the_books_regex_on_random_text():
+    import random
+    import re
+
+    rng = random.Random(0)
+    alphabet = "abcXYZ \n\t.,!-'é∑😀0123456789"
+    for _ in range(500):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30)))
+        assert preprocess(text, "letters") == re.sub("[^A-Za-z]+", " ", text).lower(), text
