@@ -19,7 +19,7 @@ os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[1]))
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from rnnlab.cli import run_main, save_config  # noqa: E402
+from rnnlab.cli import build, run_main, save_config  # noqa: E402
 
 NAMES = {1: "unigram", 2: "bigram", 3: "trigram"}
 
@@ -74,7 +74,6 @@ def corpus_stats(cfg: DictConfig) -> float:
 
     import matplotlib.pyplot as plt
     import numpy as np
-    from hydra.utils import instantiate
 
     from rnnlab.ngram import NGramCounts, perplexity_table, zipf_fit
 
@@ -90,7 +89,7 @@ def corpus_stats(cfg: DictConfig) -> float:
     if cfg.stats.split not in ("train", "all"):
         raise ValueError(f"stats.split={cfg.stats.split!r} is unknown; use one of "
                          f"['train', 'all']")
-    dm = instantiate(cfg.data)
+    dm = build(cfg.data)
     dm.prepare_data()
     dm.setup()
     vocab, token, V = dm.vocab, cfg.data.token, len(dm.vocab)

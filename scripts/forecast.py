@@ -20,7 +20,7 @@ os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[1]))
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from rnnlab.cli import run_main, save_config  # noqa: E402
+from rnnlab.cli import build, run_main, save_config  # noqa: E402
 
 
 def _plots(name: str, dm, ev: dict):
@@ -77,7 +77,6 @@ def forecast(cfg: DictConfig) -> float:
     import matplotlib.pyplot as plt
     import pytorch_lightning as pl
     import torch
-    from hydra.utils import instantiate
 
     from rnnlab.forecast import evaluate
 
@@ -94,16 +93,16 @@ def forecast(cfg: DictConfig) -> float:
     jobs = [("mlp", cfg.model, None, cfg.trainer.max_epochs)]
     if cfg.get("latent") and cfg.latent.get("enabled", True):
         jobs.append(("latent", cfg.latent.model, cfg.latent.window, cfg.latent.max_epochs))
-    dms = {name: instantiate(cfg.data, window=window) for name, _, window, _ in jobs}
+    dms = {name: build(cfg.data, window=window) for name, _, window, _ in jobs}
     results, models, plots = {}, {}, {}
     for name, model_cfg, _, epochs in jobs:
         pl.seed_everything(cfg.seed, workers=True)
         dm = dms[name]
         dm.setup()
-        model = instantiate(model_cfg)
-        logger = (instantiate(cfg.logger.tensorboard, version=name)
+        model = build(model_cfg)
+        logger = (build(cfg.logger.tensorboard, version=name)
                   if cfg.get("logger") and cfg.logger.get("tensorboard") else False)
-        trainer = instantiate(cfg.trainer, logger=logger, max_epochs=epochs,
+        trainer = build(cfg.trainer, logger=logger, max_epochs=epochs,
                                enable_progress_bar=sys.stdout.isatty())
         fit_started = time.time()
         trainer.fit(model, datamodule=dm)

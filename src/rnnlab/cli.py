@@ -1,4 +1,5 @@
-"""What every script's entry point shares: one-line errors and exit codes, the saved config.
+"""What every script's entry point shares: one-line errors and exit codes, building objects
+from config nodes, the saved config.
 
 In a single run a `ConfigError`/`CorpusError`/`ValueError` is printed as `error: ...` (no
 traceback) and the process exits with status 2. In a multirun the error is re-raised instead so
@@ -13,27 +14,29 @@ from collections.abc import Callable
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger("rnnlab")
 
 
-def _user_error(e: BaseException) -> BaseException | None:
-    """The bad-input error behind `e`: itself, or the cause Hydra's instantiate wrapped."""
-    for err in (e, e.__cause__):
-        if isinstance(err, (ValueError, FileNotFoundError, PermissionError)):
-            return err
-    return None
+def build(node: DictConfig, **kwargs):
+    """Hydra's instantiate, but a bad setting caught by the target's constructor comes out as
+    its own ValueError (one clear line), not wrapped in Hydra's InstantiationException."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, ValueError):
+            raise e.__cause__ from None
+        raise
 
 
 def run_main(task: Callable[[DictConfig], object], cfg: DictConfig):
     try:
         return task(cfg)
-    except Exception as raised:
-        e = _user_error(raised)
-        if e is None:
-            raise
+    except (ValueError, FileNotFoundError, PermissionError) as e:
         try:
             multirun = HydraConfig.get().mode == RunMode.MULTIRUN
         except ValueError:

@@ -12,9 +12,9 @@ import logging
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from rnnlab.cli import build
 from rnnlab.lm import LanguageModel
 from rnnlab.vocab import Vocab, join_tokens, preprocess, tokenize
 
@@ -74,7 +74,7 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> LanguageMode
     except Exception as e:  # truncated file, not a checkpoint, or one from another program
         raise ValueError(f"ckpt_path={path} is not a readable rnnlab checkpoint ({e}); "
                          f"use checkpoints/last.ckpt or best*.ckpt of a training run") from e
-    model = instantiate(cfg.model, vocab_size=len(vocab))
+    model = build(cfg.model, vocab_size=len(vocab))
     model.load_state_dict(ckpt["state_dict"])
     model.vocab, model.token = vocab, cfg.data.token
     model.preprocess = cfg.data.preprocess

@@ -22,14 +22,12 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import RichProgressBar
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from rnnlab.callbacks import EpochLog
-from rnnlab.cli import save_config
+from rnnlab.cli import build, save_config
 from rnnlab.validate import ConfigError, full_bptt_bytes, validate_config
 from rnnlab.vocab import Vocab
 
@@ -83,17 +81,6 @@ class StopOnSignal(pl.Callback):
         if self.received is not None:
             trainer.save_checkpoint(self.ckpt_dir / "last.ckpt")
             raise Interrupted(self.received)
-
-
-def build(node: DictConfig, **kwargs):
-    """Hydra's instantiate, but a bad setting caught by the target's constructor comes out as
-    its own ValueError (one clear line), not wrapped in Hydra's InstantiationException."""
-    try:
-        return instantiate(node, **kwargs)
-    except InstantiationException as e:
-        if isinstance(e.__cause__, ValueError):
-            raise e.__cause__ from None
-        raise
 
 
 def torch_threads(cfg: DictConfig) -> int:
@@ -197,11 +184,11 @@ def _fit_and_test(cfg: DictConfig, out_dir: Path, summary: dict) -> StopOnSignal
         check_resume_checkpoint(Path(cfg.ckpt_path), model, dm.vocab)
     ckpt_dir = out_dir / "checkpoints"
     stopper = StopOnSignal(ckpt_dir)
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()] + [stopper]
+    callbacks = [build(c) for c in (cfg.get("callbacks") or {}).values()] + [stopper]
     interactive = sys.stdout.isatty()
     callbacks += [EpochLog(), RichProgressBar()] if interactive else [EpochLog()]
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers,
+    loggers = [build(c) for c in (cfg.get("logger") or {}).values()]
+    trainer: pl.Trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers,
                                       plugins=[AtomicCheckpointIO()], _convert_="all",
                                       enable_progress_bar=interactive)
     ckpt_cb = trainer.checkpoint_callback
