@@ -22,35 +22,45 @@ State = tuple[torch.Tensor, ...]
 class TanhRecurrence(torch.autograd.Function):
     """H_t = tanh(XW_t + H_{t-1} W_hh) over all steps, with a hand-written backward pass.
 
-    Autograd would run two small matmuls per step backwards (one for dH_{t-1}, one for dW_hh).
-    Only the first is sequential: here the loop computes dZ_t = dH_t * (1 - H_t^2) and
-    dH_{t-1} = dZ_t W_hh^T, and dW_hh = sum_t H_{t-1}^T dZ_t is one large matmul afterwards.
+    Forward: on a CPU torch's tanh costs about 3.5 ns per element and its sigmoid 0.5 ns
+    (measured here), and a step's elementwise work waits on the matmul before it. So the loop runs
+    on S_t = sigmoid(2 Z_t), using tanh(z) = 2 sigmoid(2z) - 1, i.e. H_t = 2 S_t - 1:
+        2 Z_t = 2 (XW_t - 1^T W_hh) + S_{t-1} (4 W_hh)
+    which is one addmm and one sigmoid per step; H = 2 S - 1 is one op over all steps after.
+    Backward: autograd would run two small matmuls per step (dH_{t-1} and dW_hh). Only the first
+    is sequential: dZ_t = (dH_t + dZ_{t+1} W_hh^T) * (1 - H_t^2) is one addmm and one multiply
+    per step, and dW_hh = sum_t H_{t-1}^T dZ_t is one large matmul afterwards.
     """
 
     @staticmethod
     def forward(ctx, xw: torch.Tensor, h0: torch.Tensor, W_hh: torch.Tensor) -> torch.Tensor:
         T, B, H = xw.shape
-        out = torch.empty(T + 1, B, H, dtype=xw.dtype, device=xw.device)
-        out[0] = h0
+        c = (xw - W_hh.sum(0)).mul_(2)
+        W4 = 4 * W_hh
+        S = torch.empty(T + 1, B, H, dtype=xw.dtype, device=xw.device)
+        torch.add(h0, 1, out=S[0]).mul_(0.5)
         for t in range(T):
-            torch.tanh(torch.addmm(xw[t], out[t], W_hh), out=out[t + 1])
+            torch.sigmoid(torch.addmm(c[t], S[t], W4), out=S[t + 1])
+        out = torch.empty_like(S)
+        out[0] = h0
+        torch.mul(S[1:], 2, out=out[1:]).sub_(1)
         ctx.save_for_backward(out, W_hh)
         return out[1:]
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         out, W_hh = ctx.saved_tensors
-        T = grad_out.shape[0]
-        dtanh = 1 - out[1:] * out[1:]  # all steps at once, outside the sequential loop
-        dZ = torch.empty_like(grad_out)
-        dh = torch.zeros_like(out[0])
+        T, _, H = grad_out.shape
+        h = out[1:]
+        dtanh = torch.addcmul(torch.ones((), dtype=h.dtype, device=h.device), h, h, value=-1)
+        dZ = torch.empty_like(h)
         W_hh_T = W_hh.T
-        for t in range(T - 1, -1, -1):
-            torch.mul(dh.add_(grad_out[t]), dtanh[t], out=dZ[t])
-            dh = dZ[t] @ W_hh_T
-        H = out.shape[-1]
+        torch.mul(grad_out[T - 1], dtanh[T - 1], out=dZ[T - 1])
+        for t in range(T - 2, -1, -1):
+            torch.addmm(grad_out[t], dZ[t + 1], W_hh_T, out=dZ[t]).mul_(dtanh[t])
+        dh0 = dZ[0] @ W_hh_T if ctx.needs_input_grad[1] else None
         dW = out[:-1].reshape(-1, H).T @ dZ.reshape(-1, H)
-        return dZ, dh, dW
+        return dZ, dh0, dW
 
 
 class ScratchRNN(nn.Module):
