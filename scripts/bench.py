@@ -39,6 +39,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from rnnlab.cores import ScratchRNN, TorchRNN  # noqa: E402
 from rnnlab.lm import LanguageModel, clip_grad_norm_book  # noqa: E402
+from rnnlab.run import keep_freed_memory  # noqa: E402
 
 MODELS = {
     "rnn_scratch": partial(ScratchRNN, fast=True),
@@ -58,14 +59,6 @@ def batches(corpus: torch.Tensor, batch_size: int, num_steps: int, count: int, d
     return [(Xs[:, (i % n) * num_steps : (i % n + 1) * num_steps].to(device),
              Ys[:, (i % n) * num_steps : (i % n + 1) * num_steps].to(device))
             for i in range(count)]
-
-
-def rates(times: list[float], tokens_per_step: int, reps: int) -> dict:
-    """Split the per-step times into `reps` chunks: median and range of their tokens/s."""
-    chunk = max(1, len(times) // reps)
-    per = [tokens_per_step * chunk / sum(times[i : i + chunk])
-           for i in range(0, chunk * reps, chunk) if times[i : i + chunk]]
-    return {"median": statistics.median(per), "min": min(per), "max": max(per), "reps": len(per)}
 
 
 def sync(device: str) -> None:
@@ -158,7 +151,7 @@ def bench_lightning(model: LanguageModel, data, warmup: int, device: str) -> lis
             enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0)
         loader = torch.utils.data.DataLoader(data + data[-1:], batch_size=None, shuffle=False)
         trainer.fit(model, train_dataloaders=loader)
-    return timer.times[warmup - 1 :]
+    return timer.times[max(warmup - 1, 0) :]
 
 
 def corpus_tensor(quick: bool) -> tuple[torch.Tensor, int]:
@@ -172,61 +165,63 @@ def corpus_tensor(quick: bool) -> tuple[torch.Tensor, int]:
     return torch.randint(0, 28, (20_000 if quick else 200_000,), generator=g), 28
 
 
-def _record(rows, name, loop, times, bs, threads, tokens, args) -> None:
-    r = rates(times, tokens, args.reps)
-    rows.append({"model": name, "loop": loop, "batch_size": bs, "threads": threads,
-                 "device": args.device, **r})
-    print(f"  {name:18s} {loop:9s} bs={bs:<4d} threads={threads} "
-          f"{r['median']:>9,.0f} tok/s ({r['min']:,.0f}-{r['max']:,.0f})", flush=True)
-
-
 def bench_training(args) -> list[dict]:
+    """Every contender runs `reps` rounds, interleaved (book, model A plain, model A Lightning,
+    ..., then again), so a slow spell of a shared machine hits them all alike; the ratios to the
+    book loop and Lightning's overhead are taken within each round, then their median."""
     corpus, vocab = corpus_tensor(args.quick)
     rows = []
     for threads in args.threads:
         torch.set_num_threads(threads)
         for bs in args.batch_sizes:
-            # fewer steps at larger batches (each takes longer), at least 2 per repetition
-            steps = max(2 * args.reps, args.steps * 32 // max(bs, 32)) + args.warmup
-            data = batches(corpus, bs, args.num_steps, steps, "cpu")
+            per_round = max(2, args.steps * 32 // max(bs, 32) // args.reps)
+            data = batches(corpus, bs, args.num_steps, per_round + args.warmup, "cpu")
             dev_data = [(x.to(args.device), y.to(args.device)) for x, y in data]
-            tokens = bs * args.num_steps
-
-            record = partial(_record, rows, bs=bs, threads=threads, tokens=tokens, args=args)
-            record("book_reference", "plain",
-                   bench_book(dev_data, vocab, args.hidden, args.warmup, args.device))
+            runs = {("book_reference", "plain"): partial(
+                bench_book, dev_data, vocab, args.hidden, args.warmup, args.device)}
             for name in args.models:
                 compiles = [False, True] if args.compile and "scratch" in name else [False]
                 for compile_core in compiles:
                     label = name + ("+compile" if compile_core else "")
                     for loop, fn, batches_ in (("plain", bench_plain, dev_data),
                                                ("lightning", bench_lightning, data)):
-                        torch.manual_seed(0)
+                        torch.manual_seed(0)  # one model per contender, trained on across rounds
                         model = make_model(name, vocab, args.hidden, compile_core)
-                        try:
-                            record(label, loop, fn(model, batches_, args.warmup, args.device))
-                        except Exception as e:  # a compile that fails is a result, not a crash
-                            if not compile_core:
-                                raise
-                            print(f"  {label} {loop}: failed: {type(e).__name__}: {e}"[:300])
+                        runs[(label, loop)] = partial(fn, model, batches_, args.warmup, args.device)
+            rates = {key: [] for key in runs}
+            for _ in range(args.reps):
+                for key, run in list(runs.items()):
+                    try:
+                        times = run()
+                    except Exception as e:  # a compile that fails is a result, not a crash
+                        if "+compile" not in key[0]:
+                            raise
+                        print(f"  {key[0]} {key[1]}: failed: {type(e).__name__}: {e}"[:300])
+                        del runs[key], rates[key]
+                        continue
+                    rates[key].append(bs * args.num_steps * len(times) / sum(times))
+            book = rates[("book_reference", "plain")]
+            for (name, loop), per_round in rates.items():
+                row = {"model": name, "loop": loop, "batch_size": bs, "threads": threads,
+                       "device": args.device, "median": statistics.median(per_round),
+                       "min": min(per_round), "max": max(per_round), "reps": len(per_round),
+                       "vs_book": statistics.median(r / b for r, b in zip(per_round, book))}
+                plain = rates.get((name, "plain"))
+                if loop == "lightning" and plain:
+                    row["lightning_overhead"] = statistics.median(
+                        p / r - 1 for p, r in zip(plain, per_round))
+                rows.append(row)
+                print(f"  {name:18s} {loop:9s} bs={bs:<4d} threads={threads} "
+                      f"{row['median']:>9,.0f} tok/s ({row['min']:,.0f}-{row['max']:,.0f})",
+                      flush=True)
     return rows
 
 
 def ratios(rows: list[dict]) -> list[dict]:
-    """Every model's median over the book reference, and Lightning's overhead, per setting."""
-    out = []
-    keyed = {(r["model"], r["loop"], r["batch_size"], r["threads"]): r["median"] for r in rows}
-    for (model, loop, bs, th), median in keyed.items():
-        if loop != "lightning":
-            continue
-        if ("book_reference", "plain", bs, th) not in keyed:
-            continue
-        ref = keyed[("book_reference", "plain", bs, th)]
-        plain = keyed.get((model, "plain", bs, th))
-        out.append({"model": model, "batch_size": bs, "threads": th,
-                    "vs_book": median / ref,
-                    "lightning_overhead": (plain / median - 1) if plain else None})
-    return out
+    """Per model and setting, through Lightning: the ratio to the book loop and the overhead."""
+    return [{"model": r["model"], "batch_size": r["batch_size"], "threads": r["threads"],
+             "vs_book": r["vs_book"], "lightning_overhead": r.get("lightning_overhead")}
+            for r in rows if r["loop"] == "lightning"]
 
 
 DATA_PREP = """
@@ -303,10 +298,10 @@ def main() -> None:
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     p.add_argument("--hidden", type=int, default=512)
     p.add_argument("--num-steps", type=int, default=35)
-    p.add_argument("--steps", type=int, default=40,
+    p.add_argument("--steps", type=int, default=56,
                    help="measured steps at batch 32 (fewer at larger batches)")
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2, help="unmeasured steps in each round")
+    p.add_argument("--reps", type=int, default=7, help="interleaved rounds per contender")
     p.add_argument("--data-mb", type=float, default=100)
     p.add_argument("--compile", action="store_true", help="also torch.compile each core")
     p.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench.json")
@@ -317,6 +312,7 @@ def main() -> None:
     if args.device.startswith("cuda"):
         args.threads = args.threads[:1]
     only = set(args.only or ["train", "data", "startup"])
+    keep_freed_memory()  # as train.py does; every contender runs in this one process
     result = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": platform.processor()
               or platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__,
               "device": args.device, "gpu": torch.cuda.get_device_name(0)

@@ -210,3 +210,26 @@ def test_evaluation_does_not_reset_the_carried_training_state():
     model._eval_step((X[:1], X[:1]))  # validation in the middle of an epoch
     model._eval_end("val")
     assert model._state is carried
+
+
+@pytest.mark.parametrize("num_layers,input_kind", [(1, "ids"), (2, "features")])
+def test_rnn_cpu_kernel_matches_nn_rnn(num_layers, input_kind):
+    torch.manual_seed(0)
+    ours = TorchRNN("rnn", input_size=7, num_hiddens=16, num_layers=num_layers)
+    theirs = TorchRNN("rnn", input_size=7, num_hiddens=16, num_layers=num_layers,
+                      cpu_kernel="torch")
+    theirs.load_state_dict(ours.state_dict())
+    inputs = (torch.randint(0, 7, (9, 4)) if input_kind == "ids" else torch.randn(9, 4, 7))
+    h0 = torch.randn(num_layers, 4, 16).tanh()
+    results = []
+    for core in (ours, theirs):
+        out, (h,) = core(inputs, (h0,))
+        (out.square().sum() + h.sum()).backward()
+        results.append([out, h] + [p.grad for p in core.parameters()])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_rnn_cpu_kernel_is_checked():
+    with pytest.raises(ValueError, match="cpu_kernel='cuda'"):
+        TorchRNN("rnn", input_size=7, cpu_kernel="cuda")

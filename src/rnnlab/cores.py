@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rnnlab.onednn import step_matmul
+
 State = tuple[torch.Tensor, ...]
 
 
@@ -35,15 +37,16 @@ class TanhRecurrence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, xw: torch.Tensor, h0: torch.Tensor, W_hh: torch.Tensor) -> torch.Tensor:
         T, B, H = xw.shape
-        c = (xw - W_hh.sum(0)).mul_(2)
-        W4 = 4 * W_hh
+        c = torch.add(W_hh.sum(0), xw, alpha=-1).mul_(-2)  # 2 (XW - 1^T W_hh)
+        plus_matmul = step_matmul(4 * W_hh, B)
         S = torch.empty(T + 1, B, H, dtype=xw.dtype, device=xw.device)
         torch.add(h0, 1, out=S[0]).mul_(0.5)
         for t in range(T):
-            torch.sigmoid(torch.addmm(c[t], S[t], W4), out=S[t + 1])
+            torch.sigmoid(plus_matmul(S[t], c[t]), out=S[t + 1])
         out = torch.empty_like(S)
         out[0] = h0
-        torch.mul(S[1:], 2, out=out[1:]).sub_(1)
+        torch.add(torch.full((), -1.0, dtype=S.dtype, device=S.device), S[1:], alpha=2,
+                  out=out[1:])
         ctx.save_for_backward(out, W_hh)
         return out[1:]
 
@@ -54,11 +57,11 @@ class TanhRecurrence(torch.autograd.Function):
         h = out[1:]
         dtanh = torch.addcmul(torch.ones((), dtype=h.dtype, device=h.device), h, h, value=-1)
         dZ = torch.empty_like(h)
-        W_hh_T = W_hh.T
+        plus_matmul = step_matmul(W_hh.T, h.shape[1])
         torch.mul(grad_out[T - 1], dtanh[T - 1], out=dZ[T - 1])
         for t in range(T - 2, -1, -1):
-            torch.addmm(grad_out[t], dZ[t + 1], W_hh_T, out=dZ[t]).mul_(dtanh[t])
-        dh0 = dZ[0] @ W_hh_T if ctx.needs_input_grad[1] else None
+            torch.mul(plus_matmul(dZ[t + 1], grad_out[t]), dtanh[t], out=dZ[t])
+        dh0 = dZ[0] @ W_hh.T if ctx.needs_input_grad[1] else None
         dW = out[:-1].reshape(-1, H).T @ dZ.reshape(-1, H)
         return dZ, dh0, dW
 
@@ -94,7 +97,7 @@ class ScratchRNN(nn.Module):
         if inputs.is_floating_point():
             return inputs @ self.W_xh + self.b_h
         if self.fast:
-            return F.embedding(inputs.long(), self.W_xh) + self.b_h
+            return F.embedding(inputs.long(), self.W_xh + self.b_h)  # bias added to 28 rows
         return None
 
     def forward(self, inputs: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
@@ -127,19 +130,26 @@ class ScratchRNN(nn.Module):
 
 
 class TorchRNN(nn.Module):
-    """`nn.RNN`, `nn.GRU` or `nn.LSTM` (cuDNN on a GPU) behind the same interface."""
+    """`nn.RNN`, `nn.GRU` or `nn.LSTM` (cuDNN on a GPU) behind the same interface.
+
+    `cpu_kernel="rnnlab"` (default) runs `rnn` on a CPU through `TanhRecurrence`: the same
+    parameters and math (tanh, the two biases summed), but nn.RNN's CPU kernel runs autograd step
+    by step and is ~1.2x slower here (bench.py). `cpu_kernel="torch"` keeps nn.RNN's own kernel.
+    """
 
     KINDS = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
 
     def __init__(self, kind: str, input_size: int, num_hiddens: int = 512, num_layers: int = 1,
-                 dropout: float = 0.0, weight_drop: float = 0.0):
+                 dropout: float = 0.0, weight_drop: float = 0.0, cpu_kernel: str = "rnnlab"):
         super().__init__()
         if kind not in self.KINDS:
             raise ValueError(f"model.core.kind={kind!r} is unknown; use one of {list(self.KINDS)}")
         for key, value in (("num_hiddens", num_hiddens), ("num_layers", num_layers)):
             if value <= 0:
                 raise ValueError(f"model.core.{key}={value} must be a positive integer")
-        self.kind, self.input_size = kind, input_size
+        if cpu_kernel not in ("rnnlab", "torch"):
+            raise ValueError(f"model.core.cpu_kernel={cpu_kernel!r}: use 'rnnlab' or 'torch'")
+        self.kind, self.input_size, self.cpu_kernel = kind, input_size, cpu_kernel
         self.num_hiddens, self.num_layers = num_hiddens, num_layers
         self.rnn = self.KINDS[kind](input_size, num_hiddens, num_layers,
                                     dropout=dropout if num_layers > 1 else 0.0)
@@ -152,17 +162,40 @@ class TorchRNN(nn.Module):
         return (zeros(), zeros()) if self.kind == "lstm" else (zeros(),)
 
     def forward(self, inputs: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        if not inputs.is_floating_point():
-            inputs = F.one_hot(inputs.long(), self.input_size).to(self.rnn.weight_hh_l0.dtype)
-        hx = state if self.kind == "lstm" else state[0]
+        dropped = {}
         if self.training and self.weight_drop:  # one dropped-out copy of W_hh per forward pass
             dropped = {f"weight_hh_l{i}": F.dropout(getattr(self.rnn, f"weight_hh_l{i}"),
                                                     self.weight_drop)
                        for i in range(self.num_layers)}
+        if (self.kind == "rnn" and self.cpu_kernel == "rnnlab" and inputs.device.type == "cpu"
+                and not torch.is_autocast_enabled("cpu")):
+            return self._tanh_layers(inputs, state[0], dropped)
+        if not inputs.is_floating_point():
+            inputs = F.one_hot(inputs.long(), self.input_size).to(self.rnn.weight_hh_l0.dtype)
+        hx = state if self.kind == "lstm" else state[0]
+        if dropped:
             outputs, new_state = torch.func.functional_call(self.rnn, dropped, (inputs, hx))
         else:
             outputs, new_state = self.rnn(inputs, hx)
         return outputs, new_state if self.kind == "lstm" else (new_state,)
+
+    def _tanh_layers(self, x: torch.Tensor, h0: torch.Tensor,
+                     dropped: dict[str, torch.Tensor]) -> tuple[torch.Tensor, State]:
+        """nn.RNN's forward, layer by layer, with the recurrence in `TanhRecurrence`."""
+        last = []
+        for i in range(self.num_layers):
+            W_ih, b_ih, b_hh = (getattr(self.rnn, f"{name}_l{i}")
+                                for name in ("weight_ih", "bias_ih", "bias_hh"))
+            W_hh = dropped.get(f"weight_hh_l{i}", getattr(self.rnn, f"weight_hh_l{i}"))
+            if x.is_floating_point():
+                xw = F.linear(x, W_ih, b_ih + b_hh)
+            else:  # one-hot input: the product is a row lookup
+                xw = F.embedding(x.long(), W_ih.T) + (b_ih + b_hh)
+            x = TanhRecurrence.apply(xw, h0[i], W_hh.T)
+            last.append(x[-1])
+            if self.training and self.rnn.dropout and i < self.num_layers - 1:
+                x = F.dropout(x, self.rnn.dropout)
+        return x, (torch.stack(last),)
 
 
 def detach_state(state: State) -> State:

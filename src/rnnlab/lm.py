@@ -14,6 +14,7 @@ reset at every epoch start and before validation and test.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 
@@ -23,8 +24,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from rnnlab.cores import ScratchRNN, State, detach_state
+from rnnlab.onednn import linear
 
 log = logging.getLogger(__name__)
+LOG_FLOAT_MAX = math.log(torch.finfo(torch.float32).max)  # exp() of a larger loss overflows
 
 
 def clip_grad_norm_book(params: list[nn.Parameter], theta: float,
@@ -96,7 +99,8 @@ class LanguageModel(pl.LightningModule):
         outputs = self.drop(outputs)
         if self.book_style and not self.core.fast:  # the book: the output layer at every step
             return torch.cat([self.head(o) for o in outputs]), state
-        return self.head(outputs.reshape(-1, outputs.shape[-1])), state
+        return linear(outputs.reshape(-1, outputs.shape[-1]), self.head.weight,
+                      self.head.bias), state
 
     def begin_state(self, batch_size: int) -> State:
         return self.core.begin_state(batch_size)
@@ -121,10 +125,8 @@ class LanguageModel(pl.LightningModule):
                                  f"vocabulary has {len(self.vocab)} tokens")
 
     def _reset_run_stats(self) -> None:
-        self.steps_seen, self.clipped_steps = 0, torch.zeros(())
-        self.max_grad_norm = torch.zeros(())
+        self.steps_seen, self.clipped_steps, self.max_grad_norm = 0, 0, 0.0
         self.diverged_at: int | None = None
-        self._last_loss: torch.Tensor | None = None
         self._grad_norm: torch.Tensor | None = None
 
     def _step_state(self, X: torch.Tensor, carry: bool) -> State:
@@ -140,9 +142,36 @@ class LanguageModel(pl.LightningModule):
         return F.cross_entropy(logits, Y.T.reshape(-1).long()), Y.numel()
 
     def _start_epoch_stats(self) -> None:
-        self._loss_sum, self._tokens, self._train_time = torch.zeros((), device=self.device), 0, 0.0
-        self._epoch_clipped, self._epoch_steps = torch.zeros(()), 0
+        # A step only appends its loss and gradient norm (tensors: no op, no device sync); they
+        # are reduced when read. _loss_sum/_tokens hold what a mid-epoch resume restored.
+        self._losses: list[tuple[torch.Tensor, int]] = []
+        self._norms: list[torch.Tensor] = []
+        self._loss_sum, self._tokens, self._train_time = 0.0, 0, 0.0
+        self._epoch_clipped, self._epoch_steps = 0, 0
         self._step_t0 = self._batch_t0 = time.perf_counter()
+
+    def _epoch_loss(self) -> tuple[float, int]:
+        """This epoch's summed token loss and token count so far."""
+        if not self._losses:
+            return self._loss_sum, self._tokens
+        losses = torch.stack([loss for loss, _ in self._losses]).double()
+        counts = torch.tensor([n for _, n in self._losses], dtype=torch.float64,
+                              device=losses.device)
+        return self._loss_sum + float(losses @ counts), self._tokens + int(counts.sum())
+
+    def _fold_norms(self) -> None:
+        """Fold the gradient norms recorded since the last call into the epoch and run totals."""
+        if not self._norms:
+            return
+        norms = torch.stack(self._norms)
+        theta = self.trainer.gradient_clip_val if self._trainer is not None else None
+        clipped = int((norms > theta).sum()) if theta else 0
+        self._epoch_clipped += clipped
+        self._epoch_steps += len(norms)
+        self.clipped_steps += clipped
+        self.steps_seen += len(norms)
+        self.max_grad_norm = max(self.max_grad_norm, float(norms.max()))
+        self._norms = []
 
     def on_train_epoch_start(self) -> None:
         self._state = None
@@ -150,14 +179,11 @@ class LanguageModel(pl.LightningModule):
 
     def training_step(self, batch, batch_idx: int):
         loss, n = self._loss(batch, self.carry_state)
-        # one scalar check (free on a CPU); an overflowing perplexity counts as divergence too
-        if not torch.isfinite(torch.exp(loss)):
+        # NaN, or a perplexity that overflows, is divergence
+        if self._check_now() and not loss < LOG_FLOAT_MAX:
             self._diverge(f"loss is {loss.item():.4g}, perplexity overflows")
             return None  # Lightning skips the update
-        self._last_loss = loss.detach()
-        # .to(): after a mid-epoch resume the restored sum may still sit on the CPU
-        self._loss_sum = self._loss_sum.to(loss.device) + loss.detach() * n
-        self._tokens += n
+        self._losses.append((loss.detach(), n))
         now = time.perf_counter()
         if self._logging_step():
             self.log("train/ppl", torch.exp(loss.detach()), prog_bar=True)
@@ -172,10 +198,15 @@ class LanguageModel(pl.LightningModule):
         every = self.trainer.log_every_n_steps
         return bool(every) and (self.global_step + 1) % every == 0
 
+    def _check_now(self) -> bool:
+        """Divergence checks read a scalar: free on a CPU, but a device sync on a GPU, where they
+        run on logging steps only (training stops up to log_every_n_steps later there)."""
+        return self.device.type == "cpu" or self._logging_step()
+
     def _diverge(self, why: str) -> None:
         step = self.global_step
         self.diverged_at = step
-        last = float(torch.exp(self._last_loss)) if self._last_loss is not None else float("nan")
+        last = math.exp(float(self._losses[-1][0])) if self._losses else float("nan")
         log.error("training diverged at step %d (%s); last finite train perplexity %.4g; "
                   "stopping, the best checkpoint so far is kept", step, why, last)
         self.trainer.should_stop = True
@@ -185,30 +216,26 @@ class LanguageModel(pl.LightningModule):
             return
         # before clipping, as the ablation needs; clipping reuses it
         norm = self._grad_norm = global_grad_norm(list(self.parameters()))
-        self.max_grad_norm = torch.maximum(self.max_grad_norm.to(norm.device), norm.detach())
-        theta = self.trainer.gradient_clip_val
-        if theta:
-            clipped = (norm > theta).float()
-            self.clipped_steps = self.clipped_steps.to(norm.device) + clipped
-            self._epoch_clipped = self._epoch_clipped.to(norm.device) + clipped
-        if self._logging_step():
-            self.log("train/grad_norm", norm)
-        self.steps_seen += 1
-        self._epoch_steps += 1
-        if not torch.isfinite(norm):
+        if self._check_now() and not norm < math.inf:  # NaN or inf
             self._diverge(f"gradient norm is {norm.item()}")
             for p in self.parameters():  # make the optimizer skip this step
                 p.grad = None
+            return
+        self._norms.append(norm)
+        if self._logging_step():
+            self.log("train/grad_norm", norm)
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None,
                                     gradient_clip_algorithm=None) -> None:
         if not gradient_clip_val or self.diverged_at is not None:
             return
+        params = [p for p in self.parameters() if p.grad is not None]
         if self.book_style:
-            clip_grad_norm_book([p for p in self.parameters() if p.grad is not None],
-                                gradient_clip_val, norm=self._grad_norm)
+            clip_grad_norm_book(params, gradient_clip_val, norm=self._grad_norm)
+        elif gradient_clip_algorithm in (None, "norm"):  # torch's, with the norm we have
+            torch.nn.utils.clip_grads_with_norm_(params, gradient_clip_val, self._grad_norm)
         else:
-            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm or "norm")
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         self._batch_t0 = time.perf_counter()
@@ -219,12 +246,14 @@ class LanguageModel(pl.LightningModule):
     def epoch_stats(self) -> dict[str, float]:
         """This epoch so far: token-weighted train perplexity and training tokens/s (the time
         spent in training steps, validation excluded)."""
-        if not self._tokens:
+        loss_sum, tokens = self._epoch_loss()
+        if not tokens:
             return {}
-        stats = {"train/ppl_epoch": float(torch.exp(self._loss_sum / self._tokens)),
-                 "train/tokens_per_s_epoch": self._tokens / max(self._train_time, 1e-9)}
+        self._fold_norms()
+        stats = {"train/ppl_epoch": math.exp(loss_sum / tokens),
+                 "train/tokens_per_s_epoch": tokens / max(self._train_time, 1e-9)}
         if self.trainer.gradient_clip_val and self._epoch_steps:
-            stats["train/clipped"] = float(self._epoch_clipped) / self._epoch_steps
+            stats["train/clipped"] = self._epoch_clipped / self._epoch_steps
         return stats
 
     def on_train_epoch_end(self) -> None:
@@ -277,13 +306,15 @@ class LanguageModel(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["vocab"] = self.vocab.to_dict() if self.vocab is not None else None
         checkpoint["run_config"] = self.run_config
+        self._fold_norms()
+        loss_sum, tokens = self._epoch_loss()
         checkpoint["run_stats"] = {"steps_seen": self.steps_seen,
-                                   "clipped_steps": float(self.clipped_steps),
-                                   "max_grad_norm": float(self.max_grad_norm)}
+                                   "clipped_steps": self.clipped_steps,
+                                   "max_grad_norm": self.max_grad_norm}
         # what an interrupted epoch needs to go on exactly: the carried hidden state, the
         # epoch's loss sums, and the random streams (dropout, randomized truncation)
         checkpoint["epoch_state"] = {
-            "state": self._state, "loss_sum": self._loss_sum, "tokens": self._tokens,
+            "state": self._state, "loss_sum": loss_sum, "tokens": tokens,
             "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state(self.device)
             if self.device.type == "cuda" else None}
@@ -291,18 +322,19 @@ class LanguageModel(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         stats = checkpoint.get("run_stats") or {}
         self.steps_seen = stats.get("steps_seen", 0)
-        self.clipped_steps = torch.tensor(stats.get("clipped_steps", 0.0))
-        self.max_grad_norm = torch.tensor(stats.get("max_grad_norm", 0.0))
+        self.clipped_steps = int(stats.get("clipped_steps", 0))
+        self.max_grad_norm = float(stats.get("max_grad_norm", 0.0))
         epoch = checkpoint.get("epoch_state")
         if epoch:
             self._state, self._tokens = epoch["state"], epoch["tokens"]
-            self._loss_sum = epoch["loss_sum"].to(self.device)
+            self._loss_sum, self._losses = float(epoch["loss_sum"]), []
             torch.set_rng_state(epoch["rng"])
             if epoch["cuda_rng"] is not None and torch.cuda.is_available():
                 torch.cuda.set_rng_state(epoch["cuda_rng"])
 
     def run_stats(self) -> dict:
         """Totals over the whole run for summary.json (one sync, at the end)."""
-        return {"clipped_fraction": float(self.clipped_steps) / max(self.steps_seen, 1),
-                "max_grad_norm": float(self.max_grad_norm),
+        self._fold_norms()
+        return {"clipped_fraction": self.clipped_steps / max(self.steps_seen, 1),
+                "max_grad_norm": self.max_grad_norm,
                 "diverged": self.diverged_at is not None, "diverged_at_step": self.diverged_at}
