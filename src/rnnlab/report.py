@@ -26,11 +26,13 @@ from pathlib import Path
 import yaml
 
 METRICS = ("best_val_ppl", "final_val_ppl", "test_ppl", "train_ppl", "tokens_per_s",
-           "wall_time_s", "clipped_fraction", "max_grad_norm")
+           "wall_time_s", "clipped_fraction", "max_grad_norm", "val_ppl_mix", "test_ppl_mix")
 COLUMNS = (("best val ppl", "best_val_ppl", None), ("final val ppl", "final_val_ppl", None),
            ("test ppl", "test_ppl", None), ("tokens/s", "tokens_per_s", "{:,.0f}"),
            ("wall s", "wall_time_s", "{:.1f}"), ("clipped", "clipped_fraction", "{:.1%}"),
            ("max grad norm", "max_grad_norm", "{:.3g}"))
+MIX_COLUMNS = (("val ppl, n-gram mix", "val_ppl_mix", None),  # shown when a job has them
+               ("test ppl, n-gram mix", "test_ppl_mix", None))
 NOT_SWEPT = {"seed"}  # seeds are averaged over, never a column
 CLIP = "trainer.gradient_clip_val"
 
@@ -183,17 +185,19 @@ def _fmt(stat: dict, fmt: str | None) -> str:
         return "-"
     if fmt:
         return fmt.format(mean) if math.isfinite(mean) else str(mean)
-    return f"{mean:.2f}" + (f" ± {std:.2f}" if std is not None else "")
+    return f"{mean:.3f}" + (f" ± {std:.3f}" if std is not None else "")
 
 
 def render_table(rows: list[dict], keys: list[str], baseline: dict | None = None) -> str:
     """The markdown table: rank (★ best), swept values, n, metrics, diverged, status."""
     cell = lambda v: str(v).replace("|", "\\|")
-    lines = ["| " + " | ".join(["rank", *keys, "n", *(c[0] for c in COLUMNS), "diverged",
+    mixed = any(row["val_ppl_mix"]["mean"] is not None for row in rows)
+    columns = COLUMNS + MIX_COLUMNS if mixed else COLUMNS
+    lines = ["| " + " | ".join(["rank", *keys, "n", *(c[0] for c in columns), "diverged",
                                 "status"]) + " |"]
-    lines.append("|" + "---|" * (len(keys) + len(COLUMNS) + 4))
+    lines.append("|" + "---|" * (len(keys) + len(columns) + 4))
     for i, row in enumerate(rows, 1):
-        metrics = [_fmt(row[m], fmt) for _, m, fmt in COLUMNS]
+        metrics = [_fmt(row[m], fmt) for _, m, fmt in columns]
         if row["best"]:
             metrics[0] = f"**{metrics[0]}**"
         div = "no" if not row["diverged"] else "yes" if row["diverged"] == row["n"] else \
@@ -207,7 +211,7 @@ def render_table(rows: list[dict], keys: list[str], baseline: dict | None = None
             baseline.get(k), (int, float)) else []), None) for k in ("val_ppl", "test_ppl"))
         lines.append("| " + " | ".join([f"n-gram baseline (n={baseline.get('n')}, "
                                         f"k={baseline.get('k')})", *[""] * (len(keys) + 1), val,
-                                        val, test, *["-"] * 4, "", ""]) + " |")
+                                        val, test, *["-"] * (len(columns) - 3), "", ""]) + " |")
     return "\n".join(lines)
 
 

@@ -29,6 +29,7 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from rnnlab.callbacks import EpochLog
 from rnnlab.cli import build, save_config
+from rnnlab.mixture import evaluate_mixture
 from rnnlab.validate import ConfigError, full_bptt_bytes, validate_config
 from rnnlab.vocab import Vocab
 
@@ -144,7 +145,8 @@ def write_summary(out_dir: Path, summary: dict) -> Path:
 
 
 def train(cfg: DictConfig) -> float:
-    """Fit and test one model; returns the best val/ppl (inf when there is none)."""
+    """Fit and test one model; returns the best val/ppl (inf when there is none), or with
+    `ngram_mix` set, the mixture's val/ppl."""
     out_dir = _run_dir(cfg)
     summary: dict = {"status": "running", "overrides": _overrides(), "run_dir": str(out_dir),
                      "model": cfg.model.core.get("kind", "rnn_scratch"), "bptt": cfg.bptt.mode,
@@ -164,7 +166,7 @@ def train(cfg: DictConfig) -> float:
                                             if k not in ("overrides", "checkpoints")}))
     if stopper.received:  # stop here, and stop a sweep too: the user asked for it
         raise SystemExit(128 + signal.Signals[stopper.received].value)
-    best = summary.get("best_val_ppl")
+    best = summary.get("val_ppl_mix", summary.get("best_val_ppl"))
     return best if best is not None and math.isfinite(best) else float("inf")
 
 
@@ -228,6 +230,11 @@ def _fit_and_test(cfg: DictConfig, out_dir: Path, summary: dict) -> StopOnSignal
         best_path = ckpt_cb.best_model_path if ckpt_cb and ckpt_cb.best_model_path else None
         trainer.test(model, datamodule=dm, ckpt_path=best_path, weights_only=False)
         record(test_ppl=_metric(trainer, "test/ppl"), test_ckpt=best_path)
+        if cfg.get("ngram_mix"):  # the tested (best) weights, mixed with a Kneser-Ney n-gram
+            mix = evaluate_mixture(model, dm.corpus, len(dm.vocab), **cfg.ngram_mix)
+            for lg in loggers:
+                lg.log_metrics(mix, step=trainer.global_step)
+            record(**{key.replace("/ppl_", "_ppl_"): value for key, value in mix.items()})
     for lg in loggers:
         if hasattr(lg, "log_hyperparams") and best is not None:
             lg.log_hyperparams(_hparams(cfg), {"hp_metric": best})

@@ -52,6 +52,12 @@ def validate_config(cfg: DictConfig) -> None:
     if clip is not None and (not isinstance(clip, (int, float)) or clip < 0):
         raise ConfigError(f"trainer.gradient_clip_val={clip!r} must be >= 0, or null for no "
                           f"clipping")
+    mix = cfg.get("ngram_mix")
+    if mix is not None:
+        if not isinstance(mix, DictConfig) or set(mix) - {"order"}:
+            raise ConfigError(f"ngram_mix={mix!r} must be null or {{order: N}}, e.g. "
+                              f"ngram_mix.order=10")
+        _positive_int("ngram_mix.order", mix.get("order", 10))
     ckpt = cfg.get("ckpt_path")
     if ckpt is not None and not Path(ckpt).is_file():
         raise ConfigError(f"ckpt_path={ckpt} does not exist; pass a run's "
