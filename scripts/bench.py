@@ -8,9 +8,9 @@
 Throughput is tokens/s after warm-up, median (min-max) over repetitions, for
 - `book`: the book's loop written plainly (one-hot input, per-step output layer, hand clipping,
   a manual SGD update), kept here as the reference every ratio is taken against;
-- each model (`rnn_scratch` fast and book mode, `rnn`, `gru`, `lstm`) through the real Lightning
-  training step with logging on, and the same module in a plain PyTorch loop, so the Lightning
-  overhead is a ratio from the same run.
+- each model (`rnn_scratch` fast and book mode, `rnn`, `rnn` on nn.RNN's own CPU kernel, `gru`,
+  `lstm`) through the real Lightning training step with logging on, and the same module in a
+  plain PyTorch loop, so the Lightning overhead is a ratio from the same run.
 Results go to stdout (a table) and to a JSON file (--out, default outputs/bench.json).
 """
 
@@ -45,6 +45,7 @@ MODELS = {
     "rnn_scratch": partial(ScratchRNN, fast=True),
     "rnn_scratch_book": partial(ScratchRNN, fast=False),
     "rnn": partial(TorchRNN, "rnn"),
+    "rnn_torch_kernel": partial(TorchRNN, "rnn", cpu_kernel="torch"),  # nn.RNN's own CPU kernel
     "gru": partial(TorchRNN, "gru"),
     "lstm": partial(TorchRNN, "lstm"),
 }
@@ -151,7 +152,7 @@ def bench_lightning(model: LanguageModel, data, warmup: int, device: str) -> lis
             enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0)
         loader = torch.utils.data.DataLoader(data + data[-1:], batch_size=None, shuffle=False)
         trainer.fit(model, train_dataloaders=loader)
-    return timer.times[max(warmup - 1, 0) :]
+    return timer.times[warmup:]  # times[k]: from step k's start to step k + 1's
 
 
 def corpus_tensor(quick: bool) -> tuple[torch.Tensor, int]:

@@ -94,3 +94,10 @@ def test_training_job_reports_the_mixture(cfg_factory):
     assert s["test_ppl_stream"] == pytest.approx(s["test_ppl"], rel=1e-4)
     with pytest.raises(ConfigError, match="ngram_mix.order=0"):
         train(cfg_factory("+ngram_mix.order=0"))
+
+
+def test_mixture_settings_are_checked_before_training(cfg_factory):
+    with pytest.raises(ConfigError, match="test=true"):
+        train(cfg_factory("+ngram_mix.order=3", "test=false"))
+    with pytest.raises(ConfigError, match="validation split"):
+        train(cfg_factory("+ngram_mix.order=3", "data.splits=[0.9,0,0.1]"))

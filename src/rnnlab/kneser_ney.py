@@ -24,6 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 
 FALLBACK_DISCOUNT = 0.75  # where counts of counts are too sparse for the estimate
+MIN_DISCOUNT = 0.05
 
 
 def _discounts(table: dict[tuple, Counter]) -> tuple[float, float, float, float]:
@@ -34,7 +35,8 @@ def _discounts(table: dict[tuple, Counter]) -> tuple[float, float, float, float]
         return (0.0, FALLBACK_DISCOUNT, FALLBACK_DISCOUNT, FALLBACK_DISCOUNT)
     y = n1 / (n1 + 2 * n2)
     d = (1 - 2 * y * n2 / n1, 2 - 3 * y * n3 / n2, 3 - 4 * y * n4 / n3)
-    return (0.0, *(min(max(di, 0.0), float(i + 1)) for i, di in enumerate(d)))
+    # a zero discount would leave no mass for the lower orders (and unseen tokens at P = 0)
+    return (0.0, *(min(max(di, MIN_DISCOUNT), float(i + 1)) for i, di in enumerate(d)))
 
 
 class KneserNeyLM:

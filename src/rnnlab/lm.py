@@ -46,9 +46,12 @@ def clip_grad_norm_book(params: list[nn.Parameter], theta: float,
     return norm
 
 
-def global_grad_norm(params: list[nn.Parameter]) -> torch.Tensor:
-    grads = [p.grad for p in params if p.grad is not None]
+def global_grad_norm(grads: list[torch.Tensor]) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+
+
+def _exp(x: float) -> float:
+    return math.exp(x) if x < 709.0 else math.inf  # math.exp raises beyond
 
 
 class LanguageModel(pl.LightningModule):
@@ -164,6 +167,15 @@ class LanguageModel(pl.LightningModule):
         if not self._norms:
             return
         norms = torch.stack(self._norms)
+        bad = ~torch.isfinite(norms)
+        if bad.any():  # on a GPU, found here rather than at its step
+            first = int(bad.nonzero()[0])
+            self._diverge(f"gradient norm is {float(norms[first])}",
+                          step=self.global_step - len(norms) + 1 + first)
+            norms = norms[:first]
+            if not len(norms):
+                self._norms = []
+                return
         theta = self.trainer.gradient_clip_val if self._trainer is not None else None
         clipped = int((norms > theta).sum()) if theta else 0
         self._epoch_clipped += clipped
@@ -203,10 +215,10 @@ class LanguageModel(pl.LightningModule):
         run on logging steps only (training stops up to log_every_n_steps later there)."""
         return self.device.type == "cpu" or self._logging_step()
 
-    def _diverge(self, why: str) -> None:
-        step = self.global_step
+    def _diverge(self, why: str, step: int | None = None) -> None:
+        step = self.global_step if step is None else step
         self.diverged_at = step
-        last = math.exp(float(self._losses[-1][0])) if self._losses else float("nan")
+        last = _exp(float(self._losses[-1][0])) if self._losses else float("nan")
         log.error("training diverged at step %d (%s); last finite train perplexity %.4g; "
                   "stopping, the best checkpoint so far is kept", step, why, last)
         self.trainer.should_stop = True
@@ -215,13 +227,26 @@ class LanguageModel(pl.LightningModule):
         if self.diverged_at is not None:  # the step was skipped: there are no gradients
             return
         # before clipping, as the ablation needs; clipping reuses it
-        norm = self._grad_norm = global_grad_norm(list(self.parameters()))
-        if self._check_now() and not norm < math.inf:  # NaN or inf
-            self._diverge(f"gradient norm is {norm.item()}")
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        norm = self._grad_norm = global_grad_norm(grads)
+        if self.device.type == "cpu":  # reading the norm is free: check every step
+            if not norm < math.inf:
+                self._diverge(f"gradient norm is {norm.item()}")
+            else:
+                self._norms.append(norm)
+        else:  # a GPU: one sync per log_every_n_steps, in _fold_norms
+            self._norms.append(norm)
+            if self._logging_step():
+                self._fold_norms()
+            # until then a non-finite step must not reach the weights: zero it, without a sync
+            finite = torch.isfinite(norm)
+            for g in grads:
+                torch.nan_to_num_(g, nan=0.0, posinf=0.0, neginf=0.0).mul_(finite)
+            self._grad_norm = torch.where(finite, norm, torch.zeros_like(norm))
+        if self.diverged_at is not None:
             for p in self.parameters():  # make the optimizer skip this step
                 p.grad = None
             return
-        self._norms.append(norm)
         if self._logging_step():
             self.log("train/grad_norm", norm)
 
@@ -250,7 +275,7 @@ class LanguageModel(pl.LightningModule):
         if not tokens:
             return {}
         self._fold_norms()
-        stats = {"train/ppl_epoch": math.exp(loss_sum / tokens),
+        stats = {"train/ppl_epoch": _exp(loss_sum / tokens),
                  "train/tokens_per_s_epoch": tokens / max(self._train_time, 1e-9)}
         if self.trainer.gradient_clip_val and self._epoch_steps:
             stats["train/clipped"] = self._epoch_clipped / self._epoch_steps
@@ -315,6 +340,8 @@ class LanguageModel(pl.LightningModule):
         # epoch's loss sums, and the random streams (dropout, randomized truncation)
         checkpoint["epoch_state"] = {
             "state": self._state, "loss_sum": loss_sum, "tokens": tokens,
+            "clipped": self._epoch_clipped, "steps": self._epoch_steps,
+            "train_time": self._train_time,
             "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state(self.device)
             if self.device.type == "cuda" else None}
@@ -327,7 +354,9 @@ class LanguageModel(pl.LightningModule):
         epoch = checkpoint.get("epoch_state")
         if epoch:
             self._state, self._tokens = epoch["state"], epoch["tokens"]
-            self._loss_sum, self._losses = float(epoch["loss_sum"]), []
+            self._loss_sum, self._losses, self._norms = float(epoch["loss_sum"]), [], []
+            self._epoch_clipped, self._epoch_steps = epoch.get("clipped", 0), epoch.get("steps", 0)
+            self._train_time = epoch.get("train_time", 0.0)
             torch.set_rng_state(epoch["rng"])
             if epoch["cuda_rng"] is not None and torch.cuda.is_available():
                 torch.cuda.set_rng_state(epoch["cuda_rng"])

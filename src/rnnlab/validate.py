@@ -58,6 +58,12 @@ def validate_config(cfg: DictConfig) -> None:
             raise ConfigError(f"ngram_mix={mix!r} must be null or {{order: N}}, e.g. "
                               f"ngram_mix.order=10")
         _positive_int("ngram_mix.order", mix.get("order", 10))
+        if not cfg.get("test", True):
+            raise ConfigError("ngram_mix scores the tested (best) checkpoint: it needs test=true")
+        splits = data.get("splits")
+        if splits is not None and (len(splits) < 2 or not splits[1] > 0):
+            raise ConfigError(f"ngram_mix chooses its weight on the validation split, but "
+                              f"data.splits={list(splits)} has none; give val a fraction")
     ckpt = cfg.get("ckpt_path")
     if ckpt is not None and not Path(ckpt).is_file():
         raise ConfigError(f"ckpt_path={ckpt} does not exist; pass a run's "
