@@ -190,7 +190,7 @@ class TorchRNN(nn.Module):
             if x.is_floating_point():
                 xw = F.linear(x, W_ih, b_ih + b_hh)
             else:  # one-hot input: the product is a row lookup (biases added to the rows)
-                xw = F.embedding(x.long(), W_ih.T + (b_ih + b_hh))
+                xw = F.embedding(x.long(), (W_ih.T + (b_ih + b_hh)).contiguous())
             x = TanhRecurrence.apply(xw, h0[i], W_hh.T)
             last.append(x[-1])
             if self.training and self.rnn.dropout and i < self.num_layers - 1:
