@@ -226,9 +226,14 @@ def ratios(rows: list[dict]) -> list[dict]:
 
 
 DATA_PREP = """
-import resource, sys, time, torch
+import re, resource, sys, time, torch
 from rnnlab.vocab import encode_corpus, preprocess
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def peak_kb():  # this process's own high-water mark (ru_maxrss also counts the parent at fork)
+    try:
+        return int(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1))
+    except (OSError, AttributeError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+base = peak_kb()
 t0 = time.perf_counter()
 with open(sys.argv[1], encoding="utf-8") as f:
     text = f.read()
@@ -237,7 +242,7 @@ text = preprocess(text, "letters")
 t2 = time.perf_counter()
 ids, vocab = encode_corpus(text, sys.argv[2], 0.9)
 t3 = time.perf_counter()
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+peak = peak_kb()
 print(t1 - t0, t2 - t1, t3 - t2, t3 - t0, base * 1024, peak * 1024, len(ids), len(vocab),
       ids.dtype, ids.element_size())
 """
