@@ -313,6 +313,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench.json")
     args = p.parse_args()
     if args.quick:
+        print("--quick: tiny sizes that check the machinery; its numbers mean nothing")
         args.batch_sizes, args.threads, args.hidden = [8], [1], 32
         args.steps, args.warmup, args.reps, args.data_mb = 6, 2, 2, 1
     if args.device.startswith("cuda"):
