@@ -37,7 +37,7 @@ class TanhRecurrence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, xw: torch.Tensor, h0: torch.Tensor, W_hh: torch.Tensor) -> torch.Tensor:
         T, B, H = xw.shape
-        c = torch.add(W_hh.sum(0), xw, alpha=-1).mul_(-2)  # 2 (XW - 1^T W_hh)
+        c = torch.add(W_hh.sum(0).mul(-2), xw, alpha=2)  # 2 (XW - 1^T W_hh), one pass
         plus_matmul = step_matmul(4 * W_hh, B)
         S = torch.empty(T + 1, B, H, dtype=xw.dtype, device=xw.device)
         torch.add(h0, 1, out=S[0]).mul_(0.5)

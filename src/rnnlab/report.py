@@ -26,7 +26,8 @@ from pathlib import Path
 import yaml
 
 METRICS = ("best_val_ppl", "final_val_ppl", "test_ppl", "train_ppl", "tokens_per_s",
-           "wall_time_s", "clipped_fraction", "max_grad_norm", "val_ppl_mix", "test_ppl_mix", "mix_weight")
+           "wall_time_s", "clipped_fraction", "max_grad_norm", "val_ppl_mix", "test_ppl_mix",
+           "mix_weight")
 COLUMNS = (("best val ppl", "best_val_ppl", None), ("final val ppl", "final_val_ppl", None),
            ("test ppl", "test_ppl", None), ("tokens/s", "tokens_per_s", "{:,.0f}"),
            ("wall s", "wall_time_s", "{:.1f}"), ("clipped", "clipped_fraction", "{:.1%}"),
