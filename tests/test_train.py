@@ -104,3 +104,18 @@ def test_last_checkpoint_is_the_last_epoch_even_when_val_got_worse(cfg_factory):
     best = torch.load(s["checkpoints"]["best"], weights_only=False)
     assert last["global_step"] == s["global_step"] and last["epoch"] == 2
     assert best["global_step"] < last["global_step"]  # val got worse after the best epoch
+
+
+def test_book_rnn_and_best_presets_hold_their_settings_and_run(cfg_factory):
+    book = cfg_factory("experiment=book_rnn")
+    assert book.model.core._target_ == "rnnlab.cores.ScratchRNN"
+    cfg = cfg_factory("experiment=best", "budget_s=5", "model.core.num_hiddens=16",
+                      "model.embedding_dim=8", "trainer.max_epochs=2", "ngram_mix.order=4")
+    assert cfg.model.core.kind == "lstm" and cfg.bptt.windows == "randomized"
+    assert cfg.model.scheduler._target_ == "rnnlab.schedule.WallClockCosine"
+    assert cfg.model.scheduler.budget_s == 5 and cfg.trainer.max_time.seconds == 5
+    assert cfg.callbacks.early_stopping.monitor == "val/ppl"
+    got = train(cfg)
+    s = summary_of(cfg)
+    assert s["status"] == "finished" and got == s["val_ppl_mix"]
+    assert s["model"] == "lstm" and math.isfinite(s["test_ppl_mix"])
