@@ -96,22 +96,40 @@ def bench_book(data, vocab: int, hidden: int, warmup: int, device: str) -> list[
     return times[warmup:]
 
 
-def make_model(name: str, vocab: int, hidden: int, compile_core: bool) -> LanguageModel:
+COMPILE_LABELS = {"default": "+compile", "reduce-overhead": "+cudagraphs"}
+
+
+def make_model(name: str, vocab: int, hidden: int, compile_mode: str | None) -> LanguageModel:
     model = LanguageModel(core=partial(MODELS[name], num_hiddens=hidden), vocab_size=vocab,
                           optimizer=partial(torch.optim.SGD, lr=1.0))
-    if compile_core:  # on a GPU, reduce-overhead mode replays the step as CUDA graphs
-        mode = "reduce-overhead" if torch.cuda.is_available() else "default"
-        model.core = torch.compile(model.core, mode=mode)
+    if compile_mode:  # "reduce-overhead" replays the core's forward and backward as CUDA graphs
+        model.core = torch.compile(model.core, mode=compile_mode)
     return model
 
 
-def bench_plain(model: LanguageModel, data, warmup: int, device: str) -> list[float]:
+def new_graph_step(model: LanguageModel) -> None:
+    """A CUDA graph's replay overwrites the previous replay's outputs, the carried hidden state
+    among them: copy the state out, then tell torch a new step begins."""
+    if model._state is not None:
+        model._state = tuple(s.clone() for s in model._state)
+    torch.compiler.cudagraph_mark_step_begin()
+
+
+class GraphSteps(pl.Callback):
+    def on_train_batch_start(self, trainer, module, *args) -> None:
+        new_graph_step(module)
+
+
+def bench_plain(model: LanguageModel, data, warmup: int, device: str,
+                graphs: bool = False) -> list[float]:
     """The module's own forward/loss in a bare loop: what Lightning's overhead is measured on."""
     model.to(device).train()
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     times = []
     for batch in data:
         t0 = time.perf_counter()
+        if graphs:
+            new_graph_step(model)
         loss, _ = model._loss(batch, carry=True)
         loss.backward()
         if model.book_style:
@@ -140,7 +158,8 @@ class StepTimer(pl.Callback):
         self._t0 = now
 
 
-def bench_lightning(model: LanguageModel, data, warmup: int, device: str) -> list[float]:
+def bench_lightning(model: LanguageModel, data, warmup: int, device: str,
+                    graphs: bool = False) -> list[float]:
     """The real training step: Trainer, TensorBoard logging every 10 steps, clipping at 1."""
     timer = StepTimer(device)
     with tempfile.TemporaryDirectory() as tmp:
@@ -148,8 +167,9 @@ def bench_lightning(model: LanguageModel, data, warmup: int, device: str) -> lis
             accelerator="gpu" if device.startswith("cuda") else "cpu", devices=1,
             max_steps=len(data) + 1, max_epochs=-1, gradient_clip_val=1.0, log_every_n_steps=10,
             logger=pl.loggers.TensorBoardLogger(tmp, name="tb", default_hp_metric=False),
-            callbacks=[timer], enable_checkpointing=False, enable_progress_bar=False,
-            enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0)
+            callbacks=[timer] + [GraphSteps()] * graphs, enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+            num_sanity_val_steps=0)
         loader = torch.utils.data.DataLoader(data + data[-1:], batch_size=None, shuffle=False)
         trainer.fit(model, train_dataloaders=loader)
     return timer.times[warmup:]  # times[k]: from step k's start to step k + 1's
@@ -181,21 +201,24 @@ def bench_training(args) -> list[dict]:
             runs = {("book_reference", "plain"): partial(
                 bench_book, dev_data, vocab, args.hidden, args.warmup, args.device)}
             for name in args.models:
-                compiles = [False, True] if args.compile and "scratch" in name else [False]
-                for compile_core in compiles:
-                    label = name + ("+compile" if compile_core else "")
+                modes = [None]
+                if args.compile and "scratch" in name:  # CUDA graphs only exist on a GPU
+                    modes += ["default"] + ["reduce-overhead"] * args.device.startswith("cuda")
+                for mode in modes:
+                    label = name + COMPILE_LABELS.get(mode, "")
                     for loop, fn, batches_ in (("plain", bench_plain, dev_data),
                                                ("lightning", bench_lightning, data)):
                         torch.manual_seed(0)  # one model per contender, trained on across rounds
-                        model = make_model(name, vocab, args.hidden, compile_core)
-                        runs[(label, loop)] = partial(fn, model, batches_, args.warmup, args.device)
+                        model = make_model(name, vocab, args.hidden, mode)
+                        runs[(label, loop)] = partial(fn, model, batches_, args.warmup,
+                                                      args.device, mode == "reduce-overhead")
             rates = {key: [] for key in runs}
             for _ in range(args.reps):
                 for key, run in list(runs.items()):
                     try:
                         times = run()
                     except Exception as e:  # a compile that fails is a result, not a crash
-                        if "+compile" not in key[0]:
+                        if not any(tag in key[0] for tag in COMPILE_LABELS.values()):
                             raise
                         print(f"  {key[0]} {key[1]}: failed: {type(e).__name__}: {e}"[:300])
                         del runs[key], rates[key]
@@ -309,7 +332,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2, help="unmeasured steps in each round")
     p.add_argument("--reps", type=int, default=7, help="interleaved rounds per contender")
     p.add_argument("--data-mb", type=float, default=100)
-    p.add_argument("--compile", action="store_true", help="also torch.compile each core")
+    p.add_argument("--compile", action="store_true", help="also torch.compile the scratch cores "
+                   "(and, on a GPU, as CUDA graphs)")
     p.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench.json")
     args = p.parse_args()
     if args.quick:
