@@ -170,7 +170,8 @@ def bench_lightning(model: LanguageModel, data, warmup: int, device: str,
             callbacks=[timer] + [GraphSteps()] * graphs, enable_checkpointing=False,
             enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
             num_sanity_val_steps=0)
-        loader = torch.utils.data.DataLoader(data + data[-1:], batch_size=None, shuffle=False)
+        loader = torch.utils.data.DataLoader(data + data[-1:], batch_size=None, shuffle=False,
+                                             pin_memory=device.startswith("cuda"))  # as train.py
         trainer.fit(model, train_dataloaders=loader)
     return timer.times[warmup:]  # times[k]: from step k's start to step k + 1's
 

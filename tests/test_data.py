@@ -93,6 +93,18 @@ def test_datamodule_splits_are_contiguous_and_eval_is_deterministic(corpus_file)
     assert set(dm.vocab.idx_to_token[1:]) == set(train_text)
 
 
+def test_batches_are_pinned_only_for_a_gpu_trainer(corpus_file):
+    from types import SimpleNamespace
+    dm = TextDataModule(path=str(corpus_file), batch_size=2, num_steps=5)
+    dm.setup()
+    assert not dm.train_dataloader().pin_memory  # no trainer: nothing to copy to
+    for device, pinned in (("cpu", False), ("cuda", True)):
+        dm.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(device)))
+        assert [dm._loader(s).pin_memory for s in ("train", "val")] == [pinned, pinned]
+    dm.pin_memory = False  # data.pin_memory=false overrides the choice
+    assert not dm.train_dataloader().pin_memory
+
+
 def test_time_machine_vocabulary_has_28_entries(tmp_path):
     text = "".join(chr(c) for c in range(ord("a"), ord("z") + 1)) + " THE END, 1895.\n"
     path = tmp_path / "letters.txt"

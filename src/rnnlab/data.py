@@ -165,6 +165,7 @@ class TextDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         eval_batch_size: int | None = None,
+        pin_memory: bool | None = None,
     ):
         super().__init__()
         checks = [("preprocess", preprocess, PREPROCESS), ("token", token, TOKENS),
@@ -188,7 +189,7 @@ class TextDataModule(pl.LightningDataModule):
         self.batch_size, self.num_steps = batch_size, num_steps
         self.sampling, self.windows = sampling, windows
         self.num_workers, self.seed = num_workers, seed
-        self.eval_batch_size = eval_batch_size
+        self.eval_batch_size, self.pin_memory = eval_batch_size, pin_memory
         self.vocab: Vocab | None = None
         self.corpus: dict[str, torch.Tensor] = {}
         self.train_sampler: PlanSampler | None = None
@@ -244,9 +245,18 @@ class TextDataModule(pl.LightningDataModule):
         # resumed run's dropout masks would be shifted against an uninterrupted one
         return DataLoader(WindowDataset(self.corpus[split]), sampler=sampler, batch_size=None,
                           num_workers=self.num_workers, generator=torch.Generator(),
+                          pin_memory=self._pin(),
                           persistent_workers=self.num_workers > 0,
                           multiprocessing_context="fork" if self.num_workers > 0 and
                           os.name == "posix" else None)
+
+    def _pin(self) -> bool:
+        """Pinned batches on a GPU: a copy from pageable memory first waits for the GPU to finish
+        its queued work, a device sync per step; a pinned one is queued behind it."""
+        if self.pin_memory is not None:
+            return self.pin_memory
+        trainer = self.trainer
+        return trainer is not None and trainer.strategy.root_device.type == "cuda"
 
     # Lightning stores a datamodule's state_dict in every checkpoint and restores it before it
     # asks for dataloaders: that is how a resumed run continues with the same data order.
