@@ -132,7 +132,7 @@ def test_bad_corpus_files_give_clear_errors(tmp_path, make, match):
 
 @pytest.mark.parametrize("key, value", [("sampling", "shuffled"), ("token", "bpe"),
                                         ("preprocess", "lower"), ("batch_size", 0),
-                                        ("num_steps", -3)])
+                                        ("num_steps", -3), ("pin_memory", "yes")])
 def test_bad_settings_name_the_key_and_value(key, value):
     with pytest.raises(ValueError, match=f"data.{key}"):
         TextDataModule(**{key: value})

@@ -176,6 +176,9 @@ class TextDataModule(pl.LightningDataModule):
         for key, value in (("batch_size", batch_size), ("num_steps", num_steps)):
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"data.{key}={value!r} must be a positive integer")
+        if pin_memory not in (None, True, False):
+            raise ValueError(f"data.pin_memory={pin_memory!r} must be true, false or null "
+                             "(null: pinned when training on a GPU)")
         if windows == "full" and sampling != "sequential":
             raise ValueError("bptt=full backpropagates through whole streams and needs "
                              f"data.sampling=sequential, not {sampling!r}")
