@@ -1,6 +1,6 @@
 """CPU matrix products through oneDNN, for the shapes a language-model step is made of.
 
-    plus_matmul = step_matmul(W, rows=32)     # (a, c) -> c + a @ W, W reordered once
+    matmul = step_matmul(W, rows=32)          # a -> a @ W, W reordered once
     logits = linear(outputs, head.weight, head.bias)
 
 On this machine (AMD EPYC, torch's MKL) oneDNN runs a (32..256 x 512) @ (512 x 512) product with
@@ -21,7 +21,7 @@ def _works() -> bool:
     try:
         w = torch.ops.mkldnn._reorder_linear_weight(torch.eye(2), 1)
         x = torch.ones(1, 2)
-        torch.ops.mkldnn._linear_pointwise.binary(x, x, w, None, "add")
+        torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
         torch.ops.mkldnn._linear_pointwise(x, torch.eye(2), None, "none", [], "")
         return True
     except (AttributeError, RuntimeError):  # a torch built without oneDNN
@@ -36,14 +36,16 @@ def _applies(*tensors: torch.Tensor) -> bool:
                              for t in tensors) and not torch.is_autocast_enabled("cpu")
 
 
-def step_matmul(W: torch.Tensor, rows: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """`(a, c) -> c + a @ W` for a W that a loop multiplies by at every step, `rows` = a's rows.
-    The reorder (~0.3-0.5 ms) pays for itself within a few steps. Not differentiable: for use
-    inside hand-written forward/backward passes."""
+def step_matmul(W: torch.Tensor, rows: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`a -> a @ W` (a new tensor) for a W that a loop multiplies by at every step, `rows` = a's
+    rows. The reorder (~0.3-0.5 ms) pays for itself within a few steps. There is no fused add:
+    oneDNN's binary-add post-op reads its addend at ~0.7 ns per element, and an in-place add on
+    the fresh (cache-resident) result costs a third of that. Not differentiable: for use inside
+    hand-written forward/backward passes."""
     if _applies(W):
         packed = torch.ops.mkldnn._reorder_linear_weight(W.T.contiguous(), rows)
-        return lambda a, c: torch.ops.mkldnn._linear_pointwise.binary(a, c, packed, None, "add")
-    return lambda a, c: torch.addmm(c, a, W)
+        return lambda a: torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], "")
+    return lambda a: a @ W
 
 
 class _Linear(torch.autograd.Function):
