@@ -43,7 +43,7 @@ def step_matmul(W: torch.Tensor, rows: int) -> Callable[[torch.Tensor], torch.Te
     the fresh (cache-resident) result costs a third of that. Not differentiable: for use inside
     hand-written forward/backward passes."""
     if _applies(W):
-        packed = torch.ops.mkldnn._reorder_linear_weight(W.T.contiguous(), rows)
+        packed = torch.ops.mkldnn._reorder_linear_weight(W.T, rows)  # transposes as it packs
         return lambda a: torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], "")
     return lambda a: a @ W
 
