@@ -196,7 +196,8 @@ def bench_training(args) -> list[dict]:
     for threads in args.threads:
         torch.set_num_threads(threads)
         for bs in args.batch_sizes:
-            per_round = max(2, args.steps * 32 // max(bs, 32) // args.reps)
+            # the same token budget per batch size, but at least 4 timed steps a round (noise)
+            per_round = max(4, args.steps * 32 // max(bs, 32) // args.reps)
             data = batches(corpus, bs, args.num_steps, per_round + args.warmup, "cpu")
             dev_data = [(x.to(args.device), y.to(args.device)) for x, y in data]
             runs = {("book_reference", "plain"): partial(
