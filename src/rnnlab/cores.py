@@ -38,11 +38,12 @@ class TanhRecurrence(torch.autograd.Function):
     def forward(ctx, xw: torch.Tensor, h0: torch.Tensor, W_hh: torch.Tensor) -> torch.Tensor:
         T, B, H = xw.shape
         matmul = step_matmul(2 * W_hh, B)
-        minus_one = torch.full((), -1.0, dtype=xw.dtype, device=xw.device)
+        minus_one, two = (torch.full((), v, dtype=xw.dtype, device=xw.device) for v in (-1.0, 2.0))
         out = torch.empty(T + 1, B, H, dtype=xw.dtype, device=xw.device)
         out[0] = h0
         for t in range(T):
-            s = torch.sigmoid_(matmul(out[t]).add_(xw[t], alpha=2))
+            # addcmul, not add_(alpha=2): inductor drops the alpha of mm(...).add(x, alpha=2)
+            s = torch.sigmoid_(matmul(out[t]).addcmul_(xw[t], two))
             torch.add(minus_one, s, alpha=2, out=out[t + 1])
         ctx.save_for_backward(out, W_hh)
         return out[1:]

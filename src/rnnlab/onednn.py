@@ -6,7 +6,8 @@
 On this machine (AMD EPYC, torch's MKL) oneDNN runs a (32..256 x 512) @ (512 x 512) product with
 a pre-reordered W 10-20% faster than addmm, and the (N x 512) @ (512 x 28) output layer and its
 input gradient 1.5-2x faster than F.linear (scripts/bench.py measures the effect on a whole step).
-Both fall back to plain torch ops off the CPU, for other dtypes, and in builds without oneDNN.
+Both fall back to plain torch ops off the CPU, for other dtypes, under torch.compile, and in builds
+without oneDNN.
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ AVAILABLE = _works()
 
 
 def _applies(*tensors: torch.Tensor) -> bool:
-    return AVAILABLE and all(t.device.type == "cpu" and t.dtype == torch.float32
-                             for t in tensors) and not torch.is_autocast_enabled("cpu")
+    # under torch.compile inductor picks its own kernels: its lowering of these oneDNN ops only
+    # takes weights frozen into the graph, not ones packed at every step
+    return (AVAILABLE and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling())
 
 
 def step_matmul(W: torch.Tensor, rows: int) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -43,7 +46,7 @@ def step_matmul(W: torch.Tensor, rows: int) -> Callable[[torch.Tensor], torch.Te
     the fresh (cache-resident) result costs a third of that. Not differentiable: for use inside
     hand-written forward/backward passes."""
     if _applies(W):
-        packed = torch.ops.mkldnn._reorder_linear_weight(W.T, rows)  # transposes as it packs
+        packed = torch.ops.mkldnn._reorder_linear_weight(W.T.contiguous(), rows)
         return lambda a: torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], "")
     return lambda a: a @ W
 
