@@ -10,11 +10,13 @@ needs_onednn = pytest.mark.skipif(not onednn.AVAILABLE, reason="torch built with
 
 
 @needs_onednn
-def test_step_matmul_equals_mm():
+def test_step_matmul_equals_addmm():
     torch.manual_seed(0)
     W, a, c = torch.randn(64, 48), torch.randn(5, 64), torch.randn(5, 48)
-    torch.testing.assert_close(onednn.step_matmul(W, rows=5)(a), a @ W)
-    torch.testing.assert_close(onednn.step_matmul(W.T, rows=5)(c), c @ W.T)  # a transposed view
+    torch.testing.assert_close(onednn.step_matmul(W, rows=5)(a, c), torch.addmm(c, a, W))
+    torch.testing.assert_close(onednn.step_matmul(W, rows=5)(a, c, 2.0),
+                               torch.addmm(c, a, W, beta=2))
+    torch.testing.assert_close(onednn.step_matmul(W.T, rows=5)(c, a), torch.addmm(a, c, W.T))
 
 
 @needs_onednn
@@ -38,4 +40,5 @@ def test_other_dtypes_fall_back_to_torch():
                torch.randn(2, dtype=torch.float64))
     torch.testing.assert_close(onednn.linear(x, w, b), F.linear(x, w, b))
     W, a = torch.randn(3, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
-    torch.testing.assert_close(onednn.step_matmul(W, rows=4)(a), a @ W)
+    torch.testing.assert_close(onednn.step_matmul(W, rows=4)(a, a, 2.0),
+                               torch.addmm(a, a, W, beta=2))

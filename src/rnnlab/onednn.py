@@ -1,6 +1,6 @@
 """CPU matrix products through oneDNN, for the shapes a language-model step is made of.
 
-    matmul = step_matmul(W, rows=32)          # a -> a @ W, W reordered once
+    plus_matmul = step_matmul(W, rows=32)     # (a, c) -> c + a @ W, W reordered once
     logits = linear(outputs, head.weight, head.bias)
 
 On this machine (AMD EPYC, torch's MKL) oneDNN runs a (32..256 x 512) @ (512 x 512) product with
@@ -34,21 +34,27 @@ AVAILABLE = _works()
 
 def _applies(*tensors: torch.Tensor) -> bool:
     # under torch.compile inductor picks its own kernels: its lowering of these oneDNN ops only
-    # takes weights frozen into the graph, not ones packed at every step
+    # takes weights frozen into the graph, not ones packed at every step (and it drops the alpha
+    # of mm(...).add_(c, alpha), so the compiled path must be addmm)
     return (AVAILABLE and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
             and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling())
 
 
-def step_matmul(W: torch.Tensor, rows: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    """`a -> a @ W` (a new tensor) for a W that a loop multiplies by at every step, `rows` = a's
-    rows. The reorder (~0.3-0.5 ms) pays for itself within a few steps. There is no fused add:
-    oneDNN's binary-add post-op reads its addend at ~0.7 ns per element, and an in-place add on
-    the fresh (cache-resident) result costs a third of that. Not differentiable: for use inside
-    hand-written forward/backward passes."""
+def step_matmul(W: torch.Tensor, rows: int) -> Callable[..., torch.Tensor]:
+    """`(a, c, beta=1) -> beta * c + a @ W` for a W that a loop multiplies by at every step,
+    `rows` = a's rows. The reorder (~0.3-0.5 ms) pays for itself within a few steps. The add runs
+    on the product's fresh, cache-resident result: oneDNN's binary-add post-op reads c at ~0.7 ns
+    per element, three times what that costs. Elsewhere it is one addmm (one kernel on a GPU).
+    Not differentiable: for use inside hand-written forward/backward passes."""
     if _applies(W):
         packed = torch.ops.mkldnn._reorder_linear_weight(W.T.contiguous(), rows)
-        return lambda a: torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], "")
-    return lambda a: a @ W
+
+        def plus_matmul(a: torch.Tensor, c: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
+            product = torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], "")
+            return product.add_(c, alpha=beta)
+
+        return plus_matmul
+    return lambda a, c, beta=1.0: torch.addmm(c, a, W, beta=beta)
 
 
 class _Linear(torch.autograd.Function):
