@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from rnnlab.cores import TorchRNN
+from rnnlab.evaluation import stream_log_probs
 from rnnlab.kneser_ney import KneserNeyLM
 from rnnlab.lm import LanguageModel
-from rnnlab.mixture import evaluate_mixture, stream_log_probs
+from rnnlab.mixture import evaluate_mixture
 from rnnlab.run import train
 from rnnlab.validate import ConfigError
 
@@ -71,13 +72,18 @@ def test_streaming_in_chunks_carries_the_state():
 
 
 def test_mixture_weight_is_chosen_on_validation():
+    # val repeats the training pattern (the n-gram is right), test is noise (the n-gram is
+    # confidently wrong, the untrained RNN's near-uniform guess is better): the two splits
+    # want opposite weights, so a weight chosen on test would show
     torch.manual_seed(1)
-    corpus = {s: torch.randint(0, 5, (n,)) for s, n in (("train", 400), ("val", 80),
-                                                         ("test", 80))}
+    pattern = torch.tensor([0, 1, 2, 3, 4, 4, 3, 2, 1])
+    corpus = {"train": pattern.repeat(45), "val": pattern.repeat(9),
+              "test": torch.randint(0, 5, (80,))}
     r = evaluate_mixture(tiny_model(), corpus, vocab_size=5, order=3)
-    assert 0 <= r["mix_weight"] <= 1
+    assert 0 <= r["mix_weight"] < 0.5
     # a = 0 and a = 1 (the n-gram, the RNN alone) are on the grid: the pick is at least as good
     assert r["val/ppl_mix"] <= min(r["val/ppl_ngram"], r["val/ppl_stream"]) + 1e-12
+    assert r["test/ppl_mix"] > r["test/ppl_stream"]  # not the best weight for test
     assert all(math.isfinite(r[f"test/ppl_{k}"]) for k in ("mix", "ngram", "stream"))
     with pytest.raises(ValueError, match="validation split"):
         evaluate_mixture(tiny_model(), {"train": corpus["train"]}, vocab_size=5)

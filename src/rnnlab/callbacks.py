@@ -31,24 +31,3 @@ class SampleText(pl.Callback):
             if hasattr(logger.experiment, "add_text"):
                 logger.experiment.add_text("sample", text, global_step=trainer.global_step)
 
-
-class EpochLog(pl.Callback):
-    """One plain log line per epoch (readable without a terminal), and one at the first step."""
-
-    def __init__(self):
-        self.started = False
-
-    def on_train_batch_start(self, trainer: pl.Trainer, *args) -> None:
-        if not self.started:  # scripts/bench.py times start-up up to this line
-            self.started = True
-            log.info("first training step (global step %d)", trainer.global_step)
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # callbacks run before the module's own epoch-end hook: ask the module, not the metrics
-        m = pl_module.epoch_stats() if hasattr(pl_module, "epoch_stats") else {}
-        val = trainer.callback_metrics.get("val/ppl")
-        log.info("epoch %d/%d  train/ppl %.3f  val/ppl %.3f  tokens/s %.0f",
-                 trainer.current_epoch + 1, trainer.max_epochs or -1,
-                 m.get("train/ppl_epoch", float("nan")),
-                 float("nan") if val is None else float(val),
-                 m.get("train/tokens_per_s_epoch", float("nan")))

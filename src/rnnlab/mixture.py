@@ -20,29 +20,12 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from rnnlab.evaluation import stream_log_probs
 from rnnlab.kneser_ney import KneserNeyLM
 
 log = logging.getLogger(__name__)
 GRID = [i / 20 for i in range(21)]  # a = 0: the n-gram alone; a = 1: the RNN alone
-
-
-@torch.no_grad()
-def stream_log_probs(model: torch.nn.Module, ids: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
-    """(L-1, V) log-probabilities of ids[1:], the model reading ids as one stream from a zero
-    state, in chunks (the state carries across them)."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    state = tuple(s.to(device) for s in model.begin_state(1))
-    out = []
-    for start in range(0, len(ids) - 1, chunk):
-        X = ids[start : min(start + chunk, len(ids) - 1)].view(1, -1).to(device)
-        logits, state = model(X, state)
-        out.append(F.log_softmax(logits.float(), -1).cpu())
-    model.train(was_training)
-    return torch.cat(out)
 
 
 def _ppl(rnn: torch.Tensor, ngram: torch.Tensor, y: torch.Tensor, a: float) -> float:

@@ -3,7 +3,7 @@
     plus_matmul = step_matmul(W, rows=32)     # (a, c) -> c + a @ W, W reordered once
     logits = linear(outputs, head.weight, head.bias)
 
-On this machine (AMD EPYC, torch's MKL) oneDNN runs a (32..256 x 512) @ (512 x 512) product with
+On an AMD EPYC (torch's MKL) oneDNN runs a (32..256 x 512) @ (512 x 512) product with
 a pre-reordered W 10-20% faster than addmm, and the (N x 512) @ (512 x 28) output layer and its
 input gradient 1.5-2x faster than F.linear (scripts/bench.py measures the effect on a whole step).
 Both fall back to plain torch ops off the CPU, for other dtypes, under torch.compile, and in builds
@@ -42,7 +42,7 @@ def _applies(*tensors: torch.Tensor) -> bool:
 
 def step_matmul(W: torch.Tensor, rows: int) -> Callable[..., torch.Tensor]:
     """`(a, c, beta=1) -> beta * c + a @ W` for a W that a loop multiplies by at every step,
-    `rows` = a's rows. The reorder (~0.3-0.5 ms) pays for itself within a few steps. The add runs
+    `rows` = a's rows. The reorder (~0.3-0.5 ms on an AMD EPYC) pays for itself within a few steps. The add runs
     on the product's fresh, cache-resident result: oneDNN's binary-add post-op reads c at ~0.7 ns
     per element, three times what the in-place add costs. Elsewhere it is one addmm (one kernel on
     a GPU).

@@ -27,9 +27,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import RichProgressBar
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
-from rnnlab.callbacks import EpochLog
 from rnnlab.cli import build, save_config
 from rnnlab.mixture import evaluate_mixture
+from rnnlab.monitor import TrainingMonitor
 from rnnlab.validate import ConfigError, full_bptt_bytes, validate_config
 from rnnlab.vocab import Vocab
 
@@ -103,7 +103,7 @@ def torch_threads(cfg: DictConfig) -> int:
 def keep_freed_memory() -> bool:
     """Tell glibc's malloc to keep freed memory instead of unmapping it: a training step frees and
     re-allocates the same large activation buffers (18 MB each at batch 256), and a fresh mapping
-    is page-faulted back in on every step (about 4% of a step here). The process keeps its peak
+    is page-faulted back in on every step (about 4% of a step on an AMD EPYC). The process keeps its peak
     heap until it exits. Returns False where this is not glibc."""
     try:
         libc = ctypes.CDLL("libc.so.6")
@@ -193,17 +193,17 @@ def _fit_and_test(cfg: DictConfig, out_dir: Path, summary: dict) -> StopOnSignal
     dm = build(cfg.data)
     dm.prepare_data()
     dm.setup()
-    if cfg.bptt.windows == "full":
+    if cfg.bptt.mode == "full":
         check_full_bptt_memory(cfg, len(dm.corpus["train"]), len(dm.vocab))
     model = build(cfg.model, vocab_size=len(dm.vocab))
     model.run_config = OmegaConf.to_container(cfg, resolve=True)
     if cfg.get("ckpt_path"):
         check_resume_checkpoint(Path(cfg.ckpt_path), model, dm.vocab)
     ckpt_dir = out_dir / "checkpoints"
-    stopper = StopOnSignal(ckpt_dir)
-    callbacks = [build(c) for c in (cfg.get("callbacks") or {}).values()] + [stopper]
+    stopper, monitor = StopOnSignal(ckpt_dir), TrainingMonitor()
+    callbacks = [build(c) for c in (cfg.get("callbacks") or {}).values()] + [stopper, monitor]
     interactive = sys.stdout.isatty()
-    callbacks += [EpochLog(), RichProgressBar()] if interactive else [EpochLog()]
+    callbacks += [RichProgressBar()] if interactive else []
     loggers = [build(c) for c in (cfg.get("logger") or {}).values()]
     trainer: pl.Trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers,
                                       plugins=[AtomicCheckpointIO()], _convert_="all",
@@ -218,7 +218,7 @@ def _fit_and_test(cfg: DictConfig, out_dir: Path, summary: dict) -> StopOnSignal
     if cfg.get("train", True):
         with contextlib.suppress(Interrupted):  # last.ckpt is saved; the summary says so
             trainer.fit(model, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
-    stats = model.run_stats()
+    stats = monitor.run_stats()
     status = "diverged" if stats["diverged"] else "interrupted" if stopper.received else "finished"
     best = float(ckpt_cb.best_model_score) if ckpt_cb and ckpt_cb.best_model_score is not None \
         else _metric(trainer, "val/ppl")

@@ -31,7 +31,7 @@ def validate_config(cfg: DictConfig) -> None:
     """What the constructors do not check themselves (TextDataModule checks its own names,
     sizes and splits when it is built, which is before any data is read)."""
     data, model = cfg.data, cfg.model
-    _choice("bptt", cfg.bptt.windows, WINDOWS)
+    _choice("bptt", cfg.bptt.mode, WINDOWS)
     _positive_int("model.core.num_hiddens", model.core.num_hiddens)
     if model.core.get("num_layers") is not None:
         _positive_int("model.core.num_layers", model.core.num_layers)
