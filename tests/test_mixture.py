@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rnnlab.cores import TorchRNN
-from rnnlab.evaluation import stream_log_probs
+from rnnlab.evaluation import HeldOutScore, stream_log_probs
 from rnnlab.kneser_ney import KneserNeyLM
 from rnnlab.lm import LanguageModel
 from rnnlab.mixture import evaluate_mixture
@@ -107,3 +107,11 @@ def test_mixture_settings_are_checked_before_training(cfg_factory):
         train(cfg_factory("+ngram_mix.order=3", "test=false"))
     with pytest.raises(ConfigError, match="validation split"):
         train(cfg_factory("+ngram_mix.order=3", "data.splits=[0.9,0,0.1]"))
+
+
+def test_held_out_sums_keep_every_token_in_float64():
+    score = HeldOutScore()
+    score.add(torch.tensor(1.0), 2**25)  # float32 holds integers exactly only up to 2**24
+    score.add(torch.tensor(1.0), 1)
+    assert float(score.loss_sum) == 2**25 + 1 and score.tokens == 2**25 + 1
+    assert float(score.perplexity()) == pytest.approx(math.e)

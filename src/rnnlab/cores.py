@@ -134,7 +134,8 @@ class TorchRNN(nn.Module):
 
     `cpu_kernel="rnnlab"` (default) runs `rnn` on a CPU through `TanhRecurrence`: the same
     parameters and math (tanh, the two biases summed), but nn.RNN's CPU kernel runs autograd step
-    by step and is ~1.2x slower on an AMD EPYC (bench.py). `cpu_kernel="torch"` keeps nn.RNN's own kernel.
+    by step and is ~1.2x slower on an AMD EPYC (bench.py). `cpu_kernel="torch"` keeps nn.RNN's
+    own kernel.
     """
 
     KINDS = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}

@@ -158,7 +158,7 @@ class LanguageModel(pl.LightningModule):
     def _eval_start(self) -> None:
         # a validation in the middle of an epoch must not reset the carried training state
         self._train_state, self._state = self._state, None
-        self.score = HeldOutScore(self.device, torch.float32)
+        self.score = HeldOutScore(self.device)
 
     def _eval_step(self, batch) -> None:
         self.score.add(*self._loss(batch, carry=True))

@@ -42,10 +42,10 @@ def _applies(*tensors: torch.Tensor) -> bool:
 
 def step_matmul(W: torch.Tensor, rows: int) -> Callable[..., torch.Tensor]:
     """`(a, c, beta=1) -> beta * c + a @ W` for a W that a loop multiplies by at every step,
-    `rows` = a's rows. The reorder (~0.3-0.5 ms on an AMD EPYC) pays for itself within a few steps. The add runs
-    on the product's fresh, cache-resident result: oneDNN's binary-add post-op reads c at ~0.7 ns
-    per element, three times what the in-place add costs. Elsewhere it is one addmm (one kernel on
-    a GPU).
+    `rows` = a's rows. The reorder (~0.3-0.5 ms on an AMD EPYC) pays for itself within a few
+    steps. The add runs on the product's fresh, cache-resident result: oneDNN's binary-add
+    post-op reads c at ~0.7 ns per element, three times what the in-place add costs. Elsewhere it
+    is one addmm (one kernel on a GPU).
     Not differentiable: for use inside hand-written forward/backward passes."""
     if _applies(W):
         packed = torch.ops.mkldnn._reorder_linear_weight(W.T.contiguous(), rows)
