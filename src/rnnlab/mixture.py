@@ -34,25 +34,31 @@ def _ppl(rnn: torch.Tensor, ngram: torch.Tensor, y: torch.Tensor, a: float) -> f
 
 
 def evaluate_mixture(model: torch.nn.Module, corpus: dict[str, torch.Tensor], vocab_size: int,
-                     order: int = 10) -> dict[str, float]:
-    """Fit the n-gram on corpus["train"], choose a on corpus["val"], score corpus["test"]."""
+                     order: int = 10, dynamic: dict[str, torch.Tensor] | None = None
+                     ) -> dict[str, float]:
+    """Fit the n-gram on corpus["train"], choose a on corpus["val"], score corpus["test"].
+    `dynamic`: the dynamically evaluated model's log-probabilities per split
+    (rnnlab.evaluation.evaluate_dynamic), mixed the same way as `dyn_mix` with its own weight."""
     if len(corpus.get("val", ())) < 2:
         raise ValueError("ngram_mix needs a validation split (data.splits with a val fraction) "
                          "to choose the mixture weight on")
     kn = KneserNeyLM(corpus["train"], order, vocab_size)
-    parts = {}
-    for split in ("val", "test"):
-        ids = corpus.get(split)
-        if ids is None or len(ids) < 2:
-            continue
-        ngram = torch.from_numpy(np.log(kn.stream_probs(ids))).float()
-        parts[split] = (stream_log_probs(model, ids), ngram, ids[1:].long())
-    a = min(GRID, key=lambda w: _ppl(*parts["val"], w))
-    result = {"mix_weight": a}
-    for split, (rnn, ngram, y) in parts.items():
-        result[f"{split}/ppl_mix"] = _ppl(rnn, ngram, y, a)
-        result[f"{split}/ppl_ngram"] = _ppl(rnn, ngram, y, 0.0)
-        result[f"{split}/ppl_stream"] = _ppl(rnn, ngram, y, 1.0)  # the RNN alone, as one stream
-    log.info("log-linear mixture with a Kneser-Ney %d-gram, weight %.2f on the RNN: %s", order,
-             a, ", ".join(f"{k} {v:.4f}" for k, v in result.items() if k != "mix_weight"))
+    splits = [s for s in ("val", "test") if len(corpus.get(s, ())) >= 2]
+    ngram = {s: torch.from_numpy(np.log(kn.stream_probs(corpus[s]))).float() for s in splits}
+    targets = {s: corpus[s][1:].long() for s in splits}
+    result = {}
+    rnns = {"mix": {s: stream_log_probs(model, corpus[s]) for s in splits}}
+    if dynamic is not None:
+        rnns["dyn_mix"] = dynamic
+    for name, rnn in rnns.items():
+        a = min(GRID, key=lambda w: _ppl(rnn["val"], ngram["val"], targets["val"], w))
+        result[f"{name}_weight"] = a
+        for s in splits:
+            result[f"{s}/ppl_{name}"] = _ppl(rnn[s], ngram[s], targets[s], a)
+    for s in splits:
+        result[f"{s}/ppl_ngram"] = _ppl(rnns["mix"][s], ngram[s], targets[s], 0.0)
+        # the RNN alone, read as one stream
+        result[f"{s}/ppl_stream"] = _ppl(rnns["mix"][s], ngram[s], targets[s], 1.0)
+    log.info("log-linear mixtures with a Kneser-Ney %d-gram (weights on the RNN): %s", order,
+             ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
     return result

@@ -28,6 +28,7 @@ from pytorch_lightning.callbacks import RichProgressBar
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from rnnlab.cli import build, save_config
+from rnnlab.evaluation import evaluate_dynamic
 from rnnlab.mixture import evaluate_mixture
 from rnnlab.monitor import TrainingMonitor
 from rnnlab.validate import ConfigError, full_bptt_bytes, validate_config
@@ -146,7 +147,7 @@ def write_summary(out_dir: Path, summary: dict) -> Path:
 
 def train(cfg: DictConfig) -> float:
     """Fit and test one model; returns the best val/ppl (inf when there is none), or with
-    `ngram_mix` set, the mixture's val/ppl."""
+    `eval.dynamic` and/or `ngram_mix` set, the val/ppl of the strongest of those evaluations."""
     out_dir = _run_dir(cfg)
     summary: dict = {"status": "running", "overrides": _overrides(), "run_dir": str(out_dir),
                      "model": cfg.model.core.get("kind", "rnn_scratch"), "bptt": cfg.bptt.mode,
@@ -166,7 +167,8 @@ def train(cfg: DictConfig) -> float:
                                             if k not in ("overrides", "checkpoints")}))
     if stopper.received:  # stop here, and stop a sweep too: the user asked for it
         raise SystemExit(128 + signal.Signals[stopper.received].value)
-    best = summary.get("val_ppl_mix", summary.get("best_val_ppl"))
+    best = next((summary[k] for k in ("val_ppl_dyn_mix", "val_ppl_mix", "val_ppl_dyn")
+                 if summary.get(k) is not None), summary.get("best_val_ppl"))
     return best if best is not None and math.isfinite(best) else float("inf")
 
 
@@ -230,11 +232,17 @@ def _fit_and_test(cfg: DictConfig, out_dir: Path, summary: dict) -> StopOnSignal
         best_path = ckpt_cb.best_model_path if ckpt_cb and ckpt_cb.best_model_path else None
         trainer.test(model, datamodule=dm, ckpt_path=best_path, weights_only=False)
         record(test_ppl=_metric(trainer, "test/ppl"), test_ckpt=best_path)
+        extra, dynamic = {}, None
+        if cfg.get("eval") and cfg.eval.dynamic:  # the tested weights adapt to the text they score
+            found, dynamic = evaluate_dynamic(model, dm.corpus, cfg.eval.lr, cfg.eval.decay,
+                                              cfg.eval.window)
+            extra.update(found)
         if cfg.get("ngram_mix"):  # the tested (best) weights, mixed with a Kneser-Ney n-gram
-            mix = evaluate_mixture(model, dm.corpus, len(dm.vocab), **cfg.ngram_mix)
-            for lg in loggers:
-                lg.log_metrics(mix, step=trainer.global_step)
-            record(**{key.replace("/ppl_", "_ppl_"): value for key, value in mix.items()})
+            extra.update(evaluate_mixture(model, dm.corpus, len(dm.vocab), **cfg.ngram_mix,
+                                          dynamic=dynamic))
+        for lg in loggers if extra else []:
+            lg.log_metrics(extra, step=trainer.global_step)
+        record(**{key.replace("/ppl_", "_ppl_"): value for key, value in extra.items()})
     for lg in loggers:
         if hasattr(lg, "log_hyperparams") and best is not None:
             lg.log_hyperparams(_hparams(cfg), {"hp_metric": best})

@@ -1,10 +1,13 @@
-"""A learning-rate schedule that follows the wall clock, so a time budget gets a full decay.
+"""Cosine learning-rate schedules: over a number of steps (the presets'), or over the wall clock.
 
+    scheduler: {_target_: rnnlab.schedule.CosineSteps, _partial_: true, total_steps: 3000}
     scheduler: {_target_: rnnlab.schedule.WallClockCosine, _partial_: true, budget_s: 540}
 
-The factor goes from 1 to `min_factor` along a half cosine over `budget_s` seconds of training
-(after an optional linear warm-up), whatever the machine's speed; with `trainer.max_time` set to
-the same budget the run ends as the learning rate bottoms out.
+`CosineSteps` is reproducible: the same steps get the same learning rates on any machine.
+`WallClockCosine` goes from 1 to `min_factor` over `budget_s` seconds of training, whatever the
+machine's speed, so a time budget gets a full decay; but how many steps that is depends on how
+fast and how busy the machine is, so two machines (or two runs) train different models. Use it
+only when a time budget matters more than reproducing a number.
 """
 
 from __future__ import annotations
@@ -40,3 +43,23 @@ class WallClockCosine(torch.optim.lr_scheduler.LambdaLR):
         elapsed = state_dict.pop("elapsed", 0.0)
         super().load_state_dict(state_dict)
         self.t0 = time.monotonic() - elapsed
+
+
+class CosineSteps(torch.optim.lr_scheduler.LambdaLR):
+    """A linear warm-up over `warmup_steps`, then a half cosine from 1 to `min_factor` at
+    `total_steps` (held there after). Counted in optimizer steps, so the schedule, and with
+    `trainer.max_steps` the whole run, is the same on every machine and across a resume."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0,
+                 min_factor: float = 0.0):
+        if not isinstance(total_steps, int) or total_steps <= warmup_steps:
+            raise ValueError(f"scheduler total_steps={total_steps} must be an integer larger than "
+                             f"warmup_steps={warmup_steps}; set trainer.max_steps")
+        self.total_steps, self.warmup_steps, self.min_factor = total_steps, warmup_steps, min_factor
+        super().__init__(optimizer, self.factor)
+
+    def factor(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        progress = min(1.0, (step - self.warmup_steps) / (self.total_steps - self.warmup_steps))
+        return self.min_factor + (1 - self.min_factor) * 0.5 * (1 + math.cos(math.pi * progress))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
 from rnnlab.data import WINDOWS
 
@@ -64,10 +64,33 @@ def validate_config(cfg: DictConfig) -> None:
         if splits is not None and (len(splits) < 2 or not splits[1] > 0):
             raise ConfigError(f"ngram_mix chooses its weight on the validation split, but "
                               f"data.splits={list(splits)} has none; give val a fraction")
+    ev = cfg.get("eval")
+    if ev is not None and ev.get("dynamic"):
+        _dynamic_eval(ev, cfg, data)
     ckpt = cfg.get("ckpt_path")
     if ckpt is not None and not Path(ckpt).is_file():
         raise ConfigError(f"ckpt_path={ckpt} does not exist; pass a run's "
                           f"checkpoints/last.ckpt, or ckpt_path=null to start fresh")
+
+
+def _dynamic_eval(ev: DictConfig, cfg: DictConfig, data: DictConfig) -> None:
+    _positive_int("eval.window", ev.get("window"))
+    for key, low, high in (("lr", 0.0, None), ("decay", 0.0, 1.0)):
+        values = ev.get(key)
+        values = list(values) if isinstance(values, ListConfig) else [values]
+        bad = [v for v in values if not isinstance(v, (int, float)) or isinstance(v, bool)
+               or v < low or (high is not None and v >= high) or (key == "lr" and v == 0)]
+        if not values or bad:
+            rule, example = ("positive numbers", "0.001,0.003") if key == "lr" else \
+                ("numbers in [0, 1)", "0,0.01")
+            raise ConfigError(f"eval.{key}={values} must be {rule} (one, or a list to choose "
+                              f"from on val), e.g. eval.{key}=[{example}]")
+    if not cfg.get("test", True):
+        raise ConfigError("eval.dynamic scores the tested (best) checkpoint: it needs test=true")
+    splits = data.get("splits")
+    if splits is not None and (len(splits) < 2 or not splits[1] > 0):
+        raise ConfigError(f"eval.dynamic chooses its learning rate on the validation split, but "
+                          f"data.splits={list(splits)} has none; give val a fraction")
 
 
 def full_bptt_bytes(batch_size: int, stream_len: int, num_hiddens: int, vocab_size: int,

@@ -1,0 +1,93 @@
+"""Dynamic evaluation: causal, leaves the trained model alone, deterministic, and it helps."""
+
+import json
+from functools import partial
+from pathlib import Path
+
+import pytest
+import torch
+
+from rnnlab.cores import ScratchRNN, TorchRNN
+from rnnlab.evaluation import dynamic_log_probs, evaluate_dynamic, stream_log_probs, token_ppl
+from rnnlab.lm import LanguageModel
+from rnnlab.run import train
+from rnnlab.validate import ConfigError
+
+V = 6
+
+
+def model_of(core) -> LanguageModel:
+    torch.manual_seed(0)
+    return LanguageModel(core=core, vocab_size=V, optimizer=partial(torch.optim.SGD, lr=1.0),
+                         embedding_dim=8)
+
+
+CORES = [partial(ScratchRNN, num_hiddens=16), partial(TorchRNN, "lstm", num_hiddens=16)]
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_no_token_is_scored_after_the_model_learned_from_it(core):
+    model = model_of(core)
+    ids = torch.randint(0, V, (60,), generator=torch.Generator().manual_seed(1))
+    changed = ids.clone()
+    p = 37  # inside the third 16-token window
+    changed[p] = (ids[p] + 1) % V
+    a = dynamic_log_probs(model, ids, lr=0.5, window=16)
+    b = dynamic_log_probs(model, changed, lr=0.5, window=16)
+    # row i predicts ids[i+1] from ids[:i+1]: rows before p cannot have seen the change; an
+    # update on a window before scoring it would leak ids[p] into rows 32..36
+    assert torch.equal(a[:p], b[:p])
+    assert not torch.equal(a[p:], b[p:])
+
+
+def test_trained_weights_stay_and_results_are_deterministic():
+    model = model_of(CORES[1])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ids = torch.randint(0, V, (50,))
+    first = dynamic_log_probs(model, ids, lr=0.3, decay=0.1, window=8)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert torch.equal(first, dynamic_log_probs(model, ids, lr=0.3, decay=0.1, window=8))
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_on_a_repeated_text_dynamic_evaluation_beats_static(core):
+    model = model_of(core)
+    ids = torch.randint(0, V, (10,), generator=torch.Generator().manual_seed(2)).repeat(20)
+    static = token_ppl(stream_log_probs(model, ids), ids)
+    dynamic = token_ppl(dynamic_log_probs(model, ids, lr=1.0, window=20), ids)
+    assert dynamic < 0.8 * static
+
+
+def test_the_learning_rate_is_chosen_on_validation_and_test_scored_once():
+    model = model_of(CORES[0])
+    gen = torch.Generator().manual_seed(3)
+    corpus = {"val": torch.randint(0, V, (30,), generator=gen).repeat(6),  # rewards adapting
+              "test": torch.randint(0, V, (180,), generator=gen)}  # noise: adapting hurts
+    result, log_probs = evaluate_dynamic(model, corpus, lr=[1e-4, 0.5], window=20)
+    assert result["dyn_lr"] == 0.5 and result["dyn_decay"] == 0.0
+    assert result["test/ppl_dyn"] == token_ppl(log_probs["test"], corpus["test"])
+    small = token_ppl(dynamic_log_probs(model, corpus["test"], 1e-4, 0.0, 20), corpus["test"])
+    assert small < result["test/ppl_dyn"]  # test would have picked the other one
+
+
+def test_training_job_reports_dynamic_evaluation_and_its_mixture(cfg_factory):
+    cfg = cfg_factory("model=gru", "trainer.max_epochs=2", "eval.dynamic=true",
+                      "eval.lr=[0.01,0.1]", "eval.window=16", "+ngram_mix.order=3")
+    got = train(cfg)
+    s = json.loads((Path(cfg.paths.output_dir) / "summary.json").read_text())
+    for key in ("val_ppl_dyn", "test_ppl_dyn", "val_ppl_dyn_mix", "test_ppl_dyn_mix",
+                "val_ppl_mix", "dyn_mix_weight"):
+        assert s[key] is not None, key
+    assert s["dyn_lr"] in (0.01, 0.1) and got == s["val_ppl_dyn_mix"]
+    assert s["val_ppl_dyn_mix"] <= min(s["val_ppl_dyn"], s["val_ppl_ngram"]) + 1e-12
+
+
+@pytest.mark.parametrize("override, match", [
+    ("eval.lr=0", r"eval.lr=\[0\] must be positive numbers"),
+    ("eval.decay=[0,1.5]", r"eval.decay=\[0, 1.5\] must be numbers in \[0, 1\)"),
+    ("eval.window=0", "eval.window=0 must be a positive integer"),
+    ("test=false", "eval.dynamic scores the tested"),
+])
+def test_dynamic_evaluation_settings_are_checked_before_training(cfg_factory, override, match):
+    with pytest.raises(ConfigError, match=match):
+        train(cfg_factory("eval.dynamic=true", override))
