@@ -120,3 +120,21 @@ def test_book_rnn_and_best_presets_hold_their_settings_and_run(cfg_factory):
     s = summary_of(cfg)
     assert s["status"] == "finished" and got == s["val_ppl_mix"]
     assert s["model"] == "lstm" and math.isfinite(s["test_ppl_mix"])
+
+
+def test_held_out_window_length_changes_no_score(cfg_factory, corpus_file):
+    import pytorch_lightning as pl
+
+    from rnnlab.data import TextDataModule
+
+    cfg = cfg_factory("model=lstm", "test=false")
+    train(cfg)
+    model = load_checkpoint(summary_of(cfg)["checkpoints"]["last"])
+    ppl = {}
+    for n in (3, 8, 2048):  # the state is carried across windows: only the speed may differ
+        dm = TextDataModule(path=str(corpus_file), batch_size=4, num_steps=8, eval_batch_size=1,
+                            eval_num_steps=n)
+        trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+        ppl[n] = trainer.validate(model, datamodule=dm, verbose=False)[0]["val/ppl"]
+    assert ppl[3] == pytest.approx(ppl[8], rel=1e-6)
+    assert ppl[2048] == pytest.approx(ppl[8], rel=1e-6)

@@ -166,6 +166,7 @@ class TextDataModule(pl.LightningDataModule):
         seed: int = 0,
         eval_batch_size: int | None = None,
         pin_memory: bool | None = None,
+        eval_num_steps: int | None = None,
     ):
         super().__init__()
         checks = [("preprocess", preprocess, PREPROCESS), ("token", token, TOKENS),
@@ -173,7 +174,8 @@ class TextDataModule(pl.LightningDataModule):
         for key, value, allowed in checks:
             if value not in allowed:
                 raise ValueError(f"data.{key}={value!r} is unknown; use one of {list(allowed)}")
-        for key, value in (("batch_size", batch_size), ("num_steps", num_steps)):
+        for key, value in (("batch_size", batch_size), ("num_steps", num_steps),
+                           ("eval_num_steps", eval_num_steps or num_steps)):
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"data.{key}={value!r} must be a positive integer")
         if pin_memory not in (None, True, False):
@@ -193,6 +195,9 @@ class TextDataModule(pl.LightningDataModule):
         self.sampling, self.windows = sampling, windows
         self.num_workers, self.seed = num_workers, seed
         self.eval_batch_size, self.pin_memory = eval_batch_size, pin_memory
+        # held-out windows need no gradient and carry the state: their length changes no score,
+        # only how many batches (each with Lightning's per-batch cost) a validation takes
+        self.eval_num_steps = eval_num_steps or num_steps
         self.vocab: Vocab | None = None
         self.corpus: dict[str, torch.Tensor] = {}
         self.train_sampler: PlanSampler | None = None
@@ -234,7 +239,8 @@ class TextDataModule(pl.LightningDataModule):
     def _loader(self, split: str) -> DataLoader:
         train = split == "train"
         batch_size = self.batch_size if train else self.eval_batch_size or self.batch_size
-        sampler = PlanSampler(len(self.corpus[split]), batch_size, self.num_steps,
+        num_steps = self.num_steps if train else self.eval_num_steps
+        sampler = PlanSampler(len(self.corpus[split]), batch_size, num_steps,
                               self.sampling, self.windows, self.seed, train=train)
         if split == "train":
             self.train_sampler = sampler
