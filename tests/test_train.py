@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_cfg
 
 from rnnlab.generate import generate, load_checkpoint
 from rnnlab.run import train
@@ -107,19 +108,33 @@ def test_last_checkpoint_is_the_last_epoch_even_when_val_got_worse(cfg_factory):
     assert best["global_step"] < last["global_step"]  # val got worse after the best epoch
 
 
-def test_book_rnn_and_best_presets_hold_their_settings_and_run(cfg_factory):
+def test_book_rnn_and_best_presets_hold_their_settings_and_run(cfg_factory, tmp_path):
     book = cfg_factory("experiment=book_rnn")
-    assert book.model.core._target_ == "rnnlab.cores.ScratchRNN"
-    cfg = cfg_factory("experiment=best", "budget_s=5", "model.core.num_hiddens=16",
-                      "model.embedding_dim=8", "trainer.max_epochs=2", "ngram_mix.order=4")
+    assert book.model.core._target_ == "rnnlab.cores.ScratchRNN" and book.trainer.max_epochs
+    tiny = ["experiment=best", "model.core.num_hiddens=16", "model.embedding_dim=8",
+            "trainer.max_epochs=2", "ngram_mix.order=4", "eval.lr=[0.01]", "eval.decay=[0]"]
+    cfg = cfg_factory(*tiny)
     assert cfg.model.core.kind == "lstm" and cfg.bptt.mode == "randomized"
-    assert cfg.model.scheduler._target_ == "rnnlab.schedule.WallClockCosine"
-    assert cfg.model.scheduler.budget_s == 5 and cfg.trainer.max_time.seconds == 5
-    assert cfg.callbacks.early_stopping.monitor == "val/ppl"
+    assert cfg.model.scheduler._target_ == "rnnlab.schedule.CosineSteps"  # steps, not seconds
+    assert cfg.callbacks.early_stopping.monitor == "val/ppl" and cfg.eval.dynamic
     got = train(cfg)
     s = summary_of(cfg)
-    assert s["status"] == "finished" and got == s["val_ppl_mix"]
+    assert s["status"] == "finished" and got == s["val_ppl_dyn_mix"]
     assert s["model"] == "lstm" and math.isfinite(s["test_ppl_mix"])
+    assert s["max_time_cut"] is False
+    # the same command again: the same numbers (a budget in steps knows no wall clock)
+    again = make_cfg(tmp_path / "again", Path(cfg.data.path), tiny)
+    train(again)
+    timing = {"wall_time_s", "tokens_per_s", "run_dir", "checkpoints", "test_ckpt"}
+    assert {k: v for k, v in summary_of(again).items() if k not in timing} == \
+        {k: v for k, v in s.items() if k not in timing}
+
+
+def test_max_time_is_a_guard_that_says_when_it_cut_a_run(cfg_factory):
+    cfg = cfg_factory("trainer.max_epochs=10000", "trainer.max_time=00:00:00:02", "test=false")
+    train(cfg)
+    s = summary_of(cfg)
+    assert s["max_time_cut"] is True and s["epochs"] < 10000
 
 
 def test_held_out_window_length_changes_no_score(cfg_factory, corpus_file):

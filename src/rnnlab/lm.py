@@ -195,7 +195,11 @@ class LanguageModel(pl.LightningModule):
         optimizer = factory(params=self.parameters(), **kwargs)
         if self.scheduler_factory is None:
             return optimizer
-        scheduler = self.scheduler_factory(optimizer=optimizer)
+        kwargs = {}
+        if "total_steps" in inspect.signature(self.scheduler_factory).parameters and \
+                getattr(self.scheduler_factory, "keywords", {}).get("total_steps") is None:
+            kwargs["total_steps"] = int(self.trainer.estimated_stepping_batches)  # the budget
+        scheduler = self.scheduler_factory(optimizer=optimizer, **kwargs)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler,
                                                          "interval": "step"}}
 

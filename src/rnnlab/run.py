@@ -24,7 +24,7 @@ import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
-from pytorch_lightning.callbacks import RichProgressBar
+from pytorch_lightning.callbacks import RichProgressBar, Timer
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from rnnlab.cli import build, save_config
@@ -227,7 +227,8 @@ def _fit_and_test(cfg: DictConfig, out_dir: Path, summary: dict) -> StopOnSignal
     record(**stats, status=status, best_val_ppl=best, final_val_ppl=_metric(trainer, "val/ppl"),
            train_ppl=_metric(trainer, "train/ppl_epoch"),
            tokens_per_s=_metric(trainer, "train/tokens_per_s_epoch"),
-           epochs=trainer.current_epoch, global_step=trainer.global_step)
+           epochs=trainer.current_epoch, global_step=trainer.global_step,
+           max_time_cut=max_time_cut(trainer))
     if cfg.get("test", True) and status != "interrupted":
         best_path = ckpt_cb.best_model_path if ckpt_cb and ckpt_cb.best_model_path else None
         trainer.test(model, datamodule=dm, ckpt_path=best_path, weights_only=False)
@@ -247,6 +248,18 @@ def _fit_and_test(cfg: DictConfig, out_dir: Path, summary: dict) -> StopOnSignal
         if hasattr(lg, "log_hyperparams") and best is not None:
             lg.log_hyperparams(_hparams(cfg), {"hp_metric": best})
     return stopper
+
+
+def max_time_cut(trainer: pl.Trainer) -> bool:
+    """Whether `trainer.max_time` (a guard; budgets are in epochs or steps) ended training."""
+    timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+    left = timer.time_remaining("train") if timer is not None else None
+    if left is not None and left <= 0:
+        log.warning("trainer.max_time stopped training at step %d, before its budget in "
+                    "epochs/steps: this run is not comparable with an uninterrupted one",
+                    trainer.global_step)
+        return True
+    return False
 
 
 def check_resume_checkpoint(path: Path, model: pl.LightningModule, vocab: Vocab) -> None:

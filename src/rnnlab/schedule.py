@@ -47,8 +47,9 @@ class WallClockCosine(torch.optim.lr_scheduler.LambdaLR):
 
 class CosineSteps(torch.optim.lr_scheduler.LambdaLR):
     """A linear warm-up over `warmup_steps`, then a half cosine from 1 to `min_factor` at
-    `total_steps` (held there after). Counted in optimizer steps, so the schedule, and with
-    `trainer.max_steps` the whole run, is the same on every machine and across a resume."""
+    `total_steps` (held there after). Counted in optimizer steps, so the schedule is the same on
+    every machine and across a resume. `LanguageModel` fills in a `total_steps` left null with the
+    trainer's budget (`trainer.max_epochs` x steps per epoch, or `trainer.max_steps`)."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0,
                  min_factor: float = 0.0):
