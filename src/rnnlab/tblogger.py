@@ -21,7 +21,6 @@ import math
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
@@ -29,6 +28,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 
+from rnnlab.runname import swept_keys
 from rnnlab.tbtags import tb_tag
 
 # The chapter's factors: shown first in the HParams tab even where nothing is swept.
@@ -128,19 +128,10 @@ def swept_columns() -> set[str]:
         return set()
     if hc.mode != RunMode.MULTIRUN:
         return set()
-    overrides = [f"{k}={v}" for k, v in (hc.sweeper.get("params") or {}).items()]
-    # the sweeper saves the command line's overrides (sweeps unexpanded) above the job dirs
-    for parent in list(Path(hc.runtime.output_dir).parents)[:3]:
-        if (parent / "multirun.yaml").is_file():
-            ran = OmegaConf.load(parent / "multirun.yaml")
-            overrides += list(OmegaConf.select(ran, "hydra.overrides.task", default=[]))
-            break
-    try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-    except Exception:  # a sweeper with its own syntax: we cannot tell, nothing is promoted
-        return set()
-    return {COLUMN_OF.get(o.key_or_group, o.key_or_group) for o in parsed
-            if o.is_sweep_override()}
+    # the basic sweeper saves the command line (sweeps unexpanded) above the job dirs
+    saved = next((d / "multirun.yaml" for d in list(Path(hc.runtime.output_dir).parents)[:3]
+                  if (d / "multirun.yaml").is_file()), None)
+    return {COLUMN_OF.get(k, k) for k in swept_keys(hc.sweeper.get("params"), saved)}
 
 
 def _job_overrides() -> list[str]:
