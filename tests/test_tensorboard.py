@@ -111,3 +111,8 @@ def test_custom_scalars_put_train_and_val_perplexity_on_one_chart(board):
             if all(any(re.search(rx, tag) for rx in c["multiline"]["tag"])
                    for tag in ("perplexity/train_epoch", "perplexity/val"))]
     assert both, charts
+
+
+def test_run_names_show_only_what_the_sweep_varies(board):
+    # the sidebar's names: the swept key's last part, not the constant overrides (data.path, ...)
+    assert sorted(board("data/runs")) == ["0_num_hiddens=8/tb", "1_num_hiddens=12/tb"]
