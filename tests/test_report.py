@@ -61,8 +61,9 @@ def failed_sweep(tmp_path_factory, corpus) -> Path:
 
 
 def job_dir(sweep: Path, *needles: str) -> Path:
+    """The job dir whose name (`<n>_key=value,...`, with a "," appended) holds every needle."""
     [hit] = [p.parent for p in sweep.rglob(".hydra")
-             if all(n in p.parent.relative_to(sweep).as_posix() for n in needles)]
+             if all(n in p.parent.relative_to(sweep).as_posix() + "," for n in needles)]
     return hit
 
 

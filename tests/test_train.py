@@ -54,8 +54,9 @@ def test_summary_checkpoints_and_tensorboard(cfg_factory):
     acc = EventAccumulator(str(out / "tb"), size_guidance={"tensors": 0})
     acc.Reload()
     scalars = set(acc.Tags()["scalars"])
-    assert {"train/ppl", "val/ppl", "test/ppl", "train/grad_norm",
+    assert {"perplexity/train", "perplexity/val", "perplexity/test", "train/grad_norm",
             "train/tokens_per_s"} <= scalars
+    assert "epoch" not in scalars and "hp_metric" not in scalars
     assert len(acc.Scalars("train/grad_norm")) == s["global_step"]  # every step
     assert any("sample" in t for t in acc.Tags()["tensors"])  # generated text, text tab
 

@@ -19,6 +19,8 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+import rnnlab.runname  # noqa: F401  registers ${rnnlab.run_name:} (sweep job dir names)
+
 log = logging.getLogger("rnnlab")
 
 

@@ -73,12 +73,15 @@ def load_scalars(job_dir: Path) -> dict[str, list[tuple[int, float]]]:
     """tag -> sorted (step, value) from every TensorBoard event dir under the job dir."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    from rnnlab.tbtags import metric_name
+
     out: dict[str, list[tuple[int, float]]] = {}
     for d in sorted({f.parent for f in job_dir.rglob("events.out.tfevents.*")}):
         acc = EventAccumulator(str(d), size_guidance={"scalars": 0})
         acc.Reload()
         for tag in acc.Tags()["scalars"]:
-            out.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
+            out.setdefault(metric_name(tag), []).extend((e.step, e.value)
+                                                        for e in acc.Scalars(tag))
     return {tag: sorted(points) for tag, points in out.items()}
 
 

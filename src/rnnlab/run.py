@@ -31,6 +31,7 @@ from rnnlab.cli import build, save_config
 from rnnlab.evaluation import evaluate_dynamic
 from rnnlab.mixture import evaluate_mixture
 from rnnlab.monitor import TrainingMonitor
+from rnnlab.tblogger import RunLogger
 from rnnlab.validate import ConfigError, full_bptt_bytes, validate_config
 from rnnlab.vocab import Vocab
 
@@ -245,8 +246,8 @@ def _fit_and_test(cfg: DictConfig, out_dir: Path, summary: dict) -> StopOnSignal
             lg.log_metrics(extra, step=trainer.global_step)
         record(**{key.replace("/ppl_", "_ppl_"): value for key, value in extra.items()})
     for lg in loggers:
-        if hasattr(lg, "log_hyperparams") and best is not None:
-            lg.log_hyperparams(_hparams(cfg), {"hp_metric": best})
+        if isinstance(lg, RunLogger):  # the HParams tab's row for this run
+            lg.log_session(cfg, summary, step=trainer.global_step)
     return stopper
 
 
@@ -297,13 +298,3 @@ def check_full_bptt_memory(cfg: DictConfig, num_train_tokens: int, vocab_size: i
             f"bptt=full would keep about {need / 2**30:.1f} GB of activations, over "
             f"bptt.max_memory_gb={limit / 2**30:g}; raise that limit, use data.max_tokens or a "
             f"larger data.batch_size to shorten the streams, or bptt=regular")
-
-
-def _hparams(cfg: DictConfig) -> dict:
-    """The knobs worth a column in TensorBoard's hparams tab."""
-    keys = {"model": cfg.model.core.get("kind", "rnn_scratch"), "bptt": cfg.bptt.mode,
-            "sampling": cfg.data.sampling, "clip": str(cfg.trainer.gradient_clip_val),
-            "lr": cfg.model.optimizer.get("lr"), "hidden": cfg.model.core.num_hiddens,
-            "batch_size": cfg.data.batch_size, "num_steps": cfg.data.num_steps,
-            "seed": cfg.seed}
-    return {k: v for k, v in keys.items() if v is not None}
