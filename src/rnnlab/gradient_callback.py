@@ -153,6 +153,7 @@ class GradientsThroughTime(pl.Callback):
         out.update({f"grad_g_{name}": [None if not math.isfinite(v) else v for v in g.tolist()]
                     for name, g in self.last["g"].items()})
         out.update(grad_probe_epoch=self.last["epoch"], grad_window=self.num_steps,
+                   grad_max_distance=self.max_distance,
                    grad_probe_seconds=sum(self.seconds) / len(self.seconds))
         return out
 

@@ -92,8 +92,10 @@ def hidden_grad_norms(net: Net, X: torch.Tensor, Y: torch.Tensor,
     lead to L_T."""
     inputs = net.encode(X)
     T, warm = len(inputs), len(inputs) - max_distance
-    with torch.no_grad():  # the steps before T - max_distance need no graph: one call
-        _, state = net.core(inputs[:warm], net.begin_state(X.shape[0]))
+    state = net.begin_state(X.shape[0])
+    if warm:
+        with torch.no_grad():  # the steps before T - max_distance need no graph: one call
+            _, state = net.core(inputs[:warm], state)
     state = tuple(s.detach().requires_grad_() for s in state)
     states = [state]  # states[j]: the state after warm + j steps
     for t in range(warm, T):
