@@ -75,7 +75,9 @@ class ScratchRNN(nn.Module):
     plainly: a one-hot matrix product at every step, autograd for the backward pass.
     `keep_prob` < 1 turns on Tallec & Ollivier's unbiased randomized truncation in training: at
     each step the gradient path through H is cut with probability 1 - keep_prob, and otherwise
-    scaled by 1 / keep_prob, so the expected gradient equals the untruncated one.
+    scaled by 1 / keep_prob, so the expected gradient equals the full gradient of the window.
+    The state is still detached between windows, so nothing flows further back than with regular
+    truncation (the gradient probe's grad/beyond_window shows what both drop).
     """
 
     def __init__(self, input_size: int, num_hiddens: int = 512, fast: bool = True,

@@ -27,7 +27,8 @@ import yaml
 
 METRICS = ("best_val_ppl", "final_val_ppl", "test_ppl", "train_ppl", "tokens_per_s",
            "wall_time_s", "clipped_fraction", "max_grad_norm", "val_ppl_mix", "test_ppl_mix",
-           "mix_weight")
+           "mix_weight", *(f"grad_{k}" for k in ("decay_per_step", "reach", "beyond_window",
+                                                  "w_hh_sigma_max", "w_hh_radius")))
 COLUMNS = (("best val ppl", "best_val_ppl", None), ("final val ppl", "final_val_ppl", None),
            ("test ppl", "test_ppl", None), ("tokens/s", "tokens_per_s", "{:,.0f}"),
            ("wall s", "wall_time_s", "{:.1f}"), ("clipped", "clipped_fraction", "{:.1%}"),
@@ -35,6 +36,10 @@ COLUMNS = (("best val ppl", "best_val_ppl", None), ("final val ppl", "final_val_
 MIX_COLUMNS = (("val ppl, n-gram mix", "val_ppl_mix", None),  # shown when a job has them
                ("test ppl, n-gram mix", "test_ppl_mix", None),
                ("mix weight on the RNN", "mix_weight", "{:.2f}"))
+GRAD_COLUMNS = (("g(k) decay / step", "grad_decay_per_step", "{:.3f}"),  # rnnlab.gradients
+                ("reach (steps)", "grad_reach", "{:.0f}"),
+                ("grad beyond window", "grad_beyond_window", "{:.1%}"),
+                ("W_hh sigma max", "grad_w_hh_sigma_max", "{:.2f}"))
 NOT_SWEPT = {"seed"}  # seeds are averaged over, never a column
 CLIP = "trainer.gradient_clip_val"
 
@@ -198,6 +203,8 @@ def render_table(rows: list[dict], keys: list[str], baseline: dict | None = None
     cell = lambda v: str(v).replace("|", "\\|")
     mixed = any(row["val_ppl_mix"]["mean"] is not None for row in rows)
     columns = COLUMNS + MIX_COLUMNS if mixed else COLUMNS
+    if any(row["grad_reach"]["mean"] is not None for row in rows):
+        columns += GRAD_COLUMNS
     lines = ["| " + " | ".join(["rank", *keys, "n", *(c[0] for c in columns), "diverged",
                                 "status"]) + " |"]
     lines.append("|" + "---|" * (len(keys) + len(columns) + 4))
@@ -337,7 +344,7 @@ def write_report(sweep_dirs: list[Path], baseline: Path | None = None) -> tuple[
     shared = sorted({o for j in jobs for o in j.overrides} - {
         o for j in jobs for o in j.overrides if parse_override(o)[0] in keys + ["seed"]})
     out_dir = sweep_dirs[0]
-    plots = plot_curves(jobs, columns, out_dir)
+    plots = plot_curves(jobs, columns, out_dir) + plot_grad_through_time(jobs, columns, out_dir)
     done = sum(j.summary is not None for j in jobs)
     md = ["# Sweep report", "",
           *(f"- sweep `{d}`: {len(js)} jobs" for _, d, js in found),
@@ -361,3 +368,46 @@ def write_report(sweep_dirs: list[Path], baseline: Path | None = None) -> tuple[
     report = json.loads(json.dumps(report), parse_constant=lambda _: None)  # inf, nan -> null
     (out_dir / "report.json").write_text(json.dumps(report, indent=2))
     return text, [out_dir / "report.md", out_dir / "report.json", *plots]
+
+
+def plot_grad_through_time(jobs: list[Job], keys: list[str], out_dir: Path) -> list[Path]:
+    """grad_through_time.png: every job's last g(k) (summary.json's grad_g_h) on a log scale,
+    coloured by the first swept key, line style by the second; beside it g(k) / g(0) with the
+    reach threshold. Nothing when no job has a probe."""
+    from rnnlab.gradients import REACH_RATIO
+
+    curves = [(j, [math.nan if v is None else v for v in j.summary["grad_g_h"]])
+              for j in jobs if j.summary and j.summary.get("grad_g_h")]
+    if not curves:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colour_key, style_key = (keys + [None, None])[:2]
+    value = lambda j, key: job_values(j, [key])[key] if key else ""
+    colours = {v: plt.cm.tab10(i % 10)
+               for i, v in enumerate(dict.fromkeys(value(j, colour_key) for j, _ in curves))}
+    styles = {v: ("-", "--", ":", "-.")[i % 4]
+              for i, v in enumerate(dict.fromkeys(value(j, style_key) for j, _ in curves))}
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    for j, g in curves:
+        label = ", ".join(f"{k.rsplit('.', 1)[-1]}={value(j, k)}" for k in keys) or j.name
+        style = dict(color=colours[value(j, colour_key)], ls=styles[value(j, style_key)], lw=1.4)
+        axes[0].semilogy(g, label=label, **style)
+        axes[1].semilogy([v / g[0] for v in g], **style)
+    axes[1].axhline(REACH_RATIO, color="grey", lw=0.8, ls=":")
+    epoch = {j.summary.get("grad_probe_epoch") for j, _ in curves}
+    axes[0].set(title=f"g(k) = ||dL_T / dh_(T-k)||, after epoch {'/'.join(map(str, epoch))}",
+                xlabel="distance k (steps back)", ylabel="g(k), mean over probe rows")
+    axes[1].set(title=f"g(k) / g(0); dotted: {REACH_RATIO:g} (the reach)",
+                xlabel="distance k (steps back)", ylabel="g(k) / g(0)")
+    axes[0].legend(fontsize=7)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = out_dir / "grad_through_time.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return [path]

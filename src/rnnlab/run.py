@@ -29,6 +29,7 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from rnnlab.cli import build, save_config
 from rnnlab.evaluation import evaluate_dynamic
+from rnnlab.gradient_callback import GradientsThroughTime
 from rnnlab.mixture import evaluate_mixture
 from rnnlab.monitor import TrainingMonitor
 from rnnlab.tblogger import RunLogger
@@ -164,8 +165,8 @@ def train(cfg: DictConfig) -> float:
     finally:
         summary["wall_time_s"] = round(time.time() - started, 2)
         write_summary(out_dir, summary)
-        log.info("summary: %s", json.dumps({k: v for k, v in summary.items()
-                                            if k not in ("overrides", "checkpoints")}))
+        log.info("summary: %s", json.dumps({k: v for k, v in summary.items() if k not in (
+            "overrides", "checkpoints") and not k.startswith("grad_g_")}))
     if stopper.received:  # stop here, and stop a sweep too: the user asked for it
         raise SystemExit(128 + signal.Signals[stopper.received].value)
     best = next((summary[k] for k in ("val_ppl_dyn_mix", "val_ppl_mix", "val_ppl_dyn")
@@ -221,6 +222,8 @@ def _fit_and_test(cfg: DictConfig, out_dir: Path, summary: dict) -> StopOnSignal
     if cfg.get("train", True):
         with contextlib.suppress(Interrupted):  # last.ckpt is saved; the summary says so
             trainer.fit(model, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+    for probe in (c for c in callbacks if isinstance(c, GradientsThroughTime)):
+        record(**probe.summary())  # the last gradients-through-time probe (grad_*)
     stats = monitor.run_stats()
     status = "diverged" if stats["diverged"] else "interrupted" if stopper.received else "finished"
     best = float(ckpt_cb.best_model_score) if ckpt_cb and ckpt_cb.best_model_score is not None \
