@@ -225,7 +225,8 @@ def build(node: DictConfig, **kwargs):
         if isinstance(cause, ValueError):
             raise cause from None
         if type(cause).__name__ == "MisconfigurationException":  # Lightning's, not imported here
-            gpu = "CUDA" in str(cause) and "not available" in str(cause)
+            gpu = "No supported gpu backend" in str(cause) or (
+                "CUDA" in str(cause) and "not available" in str(cause))
             raise ValueError(NO_GPU if gpu else f"{node.get('_target_')}: {cause}") from None
         raise
 
