@@ -43,8 +43,13 @@ SPECIAL_KEYS = {"_target_", "_partial_", "_args_", "_recursive_", "_convert_"}
 
 def check_command_line(conf_dir: Path, config_name: str, argv: list[str] | None = None) -> None:
     """Exit with status 2 and one line `error: ...` when the command line has a problem that
-    `command_line_problem` finds; otherwise return and let Hydra run."""
-    problem = command_line_problem(conf_dir, config_name, sys.argv[1:] if argv is None else argv)
+    `command_line_problem` finds; otherwise return and let Hydra run. The check never stands
+    between a user and Hydra: what it cannot make sense of, it leaves to Hydra."""
+    try:
+        problem = command_line_problem(conf_dir, config_name,
+                                       sys.argv[1:] if argv is None else argv)
+    except Exception:  # noqa: BLE001 - Hydra will give its own answer
+        problem = None
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         sys.exit(2)
