@@ -2,6 +2,7 @@
 dir left by a refused run, a quiet console with the config in the run's log."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -10,7 +11,7 @@ import torch
 from conftest import ROOT
 from omegaconf import OmegaConf
 
-from rnnlab.cli import NO_GPU, build, command_line_problem
+from rnnlab.cli import NO_GPU, _remove_refused_run_dir, build, command_line_problem
 
 CONF = ROOT / "conf"
 
@@ -124,3 +125,17 @@ def test_a_refused_run_leaves_no_run_dir_and_a_good_one_a_quiet_console(corpus_f
                f"hydra.run.dir={tmp_path / 'shown'}")
     assert r.returncode == 0 and "print_config: true" in r.stdout
 
+
+
+def test_a_refused_runs_dir_goes_only_while_nothing_of_value_is_in_it(compose_run, tmp_path):
+    compose_run("train", [])
+    run = tmp_path / "run"
+    for extra in (None, "checkpoints", "tb", "notes.txt"):
+        (run / ".hydra").mkdir(parents=True)
+        (run / "train.log").write_text("")
+        (run / "summary.json").write_text("{}")
+        if extra:
+            (run / extra).mkdir()
+        _remove_refused_run_dir()
+        assert run.exists() == (extra is not None), extra
+        shutil.rmtree(run, ignore_errors=True)

@@ -269,17 +269,25 @@ def quiet_console() -> None:
     warnings.showwarning = _log_warning
 
 
+RUN_DIR_START = {".hydra", "summary.json", "config.yaml"}  # and the <task>.log
+
+
 def _remove_refused_run_dir() -> None:
-    """A refused run leaves no run dir behind: Hydra made it (with .hydra/) before the task ran;
-    it is removed unless something was trained in it."""
+    """A refused run leaves no run dir behind: Hydra made it (with .hydra/) before the task ran.
+    It is removed only while it holds nothing but what a run writes before it reads any data
+    (never a dir with checkpoints, TensorBoard events or files of the user's)."""
     try:
         out = Path(HydraConfig.get().runtime.output_dir).resolve()
     except ValueError:
         return
-    if out == Path.cwd().resolve() or not (out / ".hydra").is_dir() \
-            or any((out / name).exists() for name in ("checkpoints", "tb")):
+    if out == Path.cwd().resolve() or not (out / ".hydra").is_dir() or any(
+            p.name not in RUN_DIR_START and p.suffix != ".log" for p in out.iterdir()):
         return
-    logging.shutdown()  # closes the log file in it
+    root = logging.getLogger()
+    for handler in root.handlers[:]:  # the run's log file is in it
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == out:
+            root.removeHandler(handler)
+            handler.close()
     shutil.rmtree(out, ignore_errors=True)
 
 
