@@ -14,12 +14,13 @@ import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from rnnlab.cli import build, run_main, save_config  # noqa: E402
+from rnnlab.cli import build, check_command_line, run_main, save_config  # noqa: E402
 
 NAMES = {1: "unigram", 2: "bigram", 3: "trigram"}
 
@@ -180,4 +181,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    check_command_line(ROOT / "conf", "stats")  # typos: one line, before Hydra and torch
     sys.exit(main())

@@ -15,12 +15,13 @@ import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from rnnlab.cli import build, run_main, save_config  # noqa: E402
+from rnnlab.cli import build, check_command_line, run_main, save_config  # noqa: E402
 
 
 def _plots(name: str, dm, ev: dict):
@@ -158,4 +159,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    check_command_line(ROOT / "conf", "forecast")  # typos: one line, before Hydra and torch
     sys.exit(main())

@@ -2,18 +2,23 @@
 
     python scripts/generate.py ckpt_path=outputs/runs/<date>/<time>/checkpoints/last.ckpt \
         prefix="time traveller" num_preds=50 [temperature=0.8]
+    python scripts/generate.py ckpt_path=... 'prefix="hello, world"'    # a comma: quote twice
+
+A comma in a value is Hydra's sweep syntax, so `prefix=hello, world` is refused; the inner
+quotes make it one string (the outer ones keep the shell from eating them).
 """
 
 import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from rnnlab.cli import run_main  # noqa: E402
+from rnnlab.cli import check_command_line, run_main  # noqa: E402
 
 
 def sample(cfg: DictConfig) -> str:
@@ -36,4 +41,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_command_line(ROOT / "conf", "generate")  # typos: one line, before Hydra and torch
     sys.exit(main())

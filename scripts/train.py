@@ -12,12 +12,13 @@ import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from rnnlab.cli import run_main  # noqa: E402
+from rnnlab.cli import check_command_line, run_main  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
@@ -28,4 +29,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    check_command_line(ROOT / "conf", "train")  # typos: one line, before Hydra and torch
     sys.exit(main())

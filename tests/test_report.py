@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from rnnlab.report import ReportError, aggregate, write_report
+from rnnlab.report import ReportError, aggregate, find_jobs, load_job, swept_keys, write_report
+from rnnlab.report_figures import figures
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,6 +32,7 @@ def multirun(out: Path, corpus: Path, *params: str) -> subprocess.CompletedProce
     return script("train.py", "--multirun", *params, f"data.path={corpus}", "data.batch_size=2",
                   "data.num_steps=5", "model.core.num_hiddens=8", "trainer.max_epochs=1",
                   "trainer.accelerator=cpu", "torch_threads=1",
+                  "trainer.log_every_n_steps=1",  # every step's grad norm is in the events
                   "callbacks.sample_text.every_n_epochs=0", f"hydra.sweep.dir={out}")
 
 
@@ -106,6 +108,63 @@ def test_report_on_a_real_2x2_sweep(sweep2x2):
     assert "Missing / failed" not in markdown
     for name in ("val_ppl.png", "factors.png", "grad_norm.png"):
         assert_png(sweep2x2 / name)
+
+
+def load_figures(sweep: Path) -> dict:
+    jobs = [load_job(sweep.name, sweep, d) for d in find_jobs(sweep)]
+    return figures(jobs, swept_keys(jobs))
+
+
+def lines(ax, suffix: str = "") -> dict:
+    return {ln.get_label(): ln for ln in ax.get_lines() if ln.get_label().endswith(suffix)}
+
+
+def test_figures_are_titled_and_agree_with_the_table(sweep2x2):
+    write_report([sweep2x2])
+    report = json.loads((sweep2x2 / "report.json").read_text())
+    figs = load_figures(sweep2x2)
+    assert set(figs) == {"val_ppl.png", "factors.png", "grad_norm.png"}
+    for fig in figs.values():
+        assert all(ax.get_title() for ax in fig.axes if ax.get_visible())
+
+    [ax] = figs["grad_norm.png"].axes
+    drawn = lines(ax)
+    for row in report["rows"]:  # every step was logged: each job's curve peaks at the table's max
+        line = drawn[f"sampling={row['config']['data.sampling']}, model={row['config']['model']}"]
+        assert max(line.get_ydata()) == pytest.approx(row["max_grad_norm"]["mean"], rel=1e-6)
+    [threshold] = lines(ax, "clipping threshold 1").values()  # not swept, drawn all the same
+    assert list(threshold.get_ydata()) == [1, 1] and threshold.get_linestyle() == "--"
+    assert "star" not in ax.get_title() and not [ln for ln in ax.get_lines()
+                                                 if ln.get_marker() == "*"]
+    assert ax.get_legend() is not None
+
+    panels = [ax for ax in figs["factors.png"].axes if ax.get_visible()]
+    assert [ax.get_title() for ax in panels] == ["val/ppl by data.sampling", "val/ppl by model"]
+    for ax in panels:
+        means = lines(ax, "(mean of 2)")
+        assert len(means) == 2 and len({ln.get_color() for ln in means.values()}) == 2
+        jobs = [ln for ln in ax.get_lines() if ln.get_label().startswith("_")]
+        assert len(jobs) == 4
+        for mean in means.values():  # the thick line is the mean of its level's two jobs
+            mine = [ln for ln in jobs if ln.get_color() == mean.get_color()]
+            assert len(mine) == 2
+            expected = [(a + b) / 2 for a, b in zip(*(ln.get_ydata() for ln in mine))]
+            assert list(mean.get_ydata()) == pytest.approx(expected)
+
+
+def test_a_peak_between_logged_steps_is_starred_at_the_tables_max(sweep2x2, tmp_path):
+    # with trainer.log_every_n_steps > 1 the curve can miss the run's max (summary.json's, which
+    # the table shows); here one job's summary is raised above its logged points to get that case
+    copy = tmp_path / "sampled"
+    shutil.copytree(sweep2x2, copy)
+    path = job_dir(copy, "random", "model=rnn,") / "summary.json"
+    most = json.loads(path.read_text())["max_grad_norm"] * 1.5
+    path.write_text(json.dumps(json.loads(path.read_text()) | {"max_grad_norm": most}))
+    [ax] = load_figures(copy)["grad_norm.png"].axes
+    [star] = [ln for ln in ax.get_lines() if ln.get_marker() == "*" and len(ln.get_ydata())]
+    assert list(star.get_ydata()) == [pytest.approx(most)] and "star" in ax.get_title()
+    line = lines(ax)["sampling=random, model=rnn"]  # the star is that job's: its colour, its end
+    assert star.get_color() == line.get_color() and star.get_xdata()[0] == line.get_xdata()[-1]
 
 
 def test_a_failed_job_is_listed_and_the_others_reported(failed_sweep):

@@ -8,8 +8,8 @@
 
 Writes into the first sweep dir: report.md, one row per configuration (the values of the
 overrides that vary between jobs, seed excluded) sorted by best val/ppl, the best starred, mean
-± sample std over seeds; report.json, the same rows (inf/nan as null); val_ppl.png; factors.png,
-one panel per swept key; grad_norm.png whenever any job logged train/grad_norm. Jobs without
+± sample std over seeds; report.json, the same rows (inf/nan as null); val_ppl.png, factors.png
+grad_norm.png and grad_through_time.png (see rnnlab.report_figures). Jobs without
 summary.json, still marked running (or killed), or with status failed are listed
 under "Missing / failed".
 """
@@ -257,76 +257,11 @@ def missing_jobs(jobs: list[Job], keys: list[str]) -> list[dict]:
     return out
 
 
-def plot_curves(jobs: list[Job], keys: list[str], out_dir: Path) -> list[Path]:
-    """val_ppl.png; factors.png, one panel per key (when any); grad_norm.png whenever any job
-    logged train/grad_norm, coloured by trainer.gradient_clip_val when that is swept."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    short = {k: k.rsplit(".", 1)[-1] for k in keys}
-    short = short if len(set(short.values())) == len(short) else {k: k for k in keys}
-    seeds = len({job_values(j, ["seed"])["seed"] for j in jobs}) > 1
-    label = lambda j: ", ".join(f"{short.get(k, k)}={v}" for k, v in job_values(
-        j, keys + ["seed"] * seeds).items()) or j.name
-
-    def draw(ax, tag: str, key: str | None = None) -> None:
-        values = list(dict.fromkeys(job_values(j, [key])[key] for j in jobs)) if key else []
-        colour = {v: plt.cm.tab10(i % 10) for i, v in enumerate(values)}
-        finite = []
-        for j in jobs:
-            pts = [(s, v) for s, v in j.scalars.get(tag, []) if math.isfinite(v) and v > 0]
-            if pts:
-                finite += [v for _, v in pts]
-                ax.plot(*zip(*pts), marker="o", ms=3, lw=1.2, alpha=0.85, label=label(j),
-                        color=colour[job_values(j, [key])[key]] if key else None)
-        if key:
-            ax.legend(handles=[plt.Line2D([], [], color=c, label=v) for v, c in colour.items()],
-                      fontsize=7, title=key, title_fontsize=7)
-        elif len(jobs) <= 16:
-            ax.legend(fontsize=7)
-        for v, c in colour.items() if key == CLIP else ():
-            if re.fullmatch(r"[0-9.eE+]+", v) and float(v) > 0:
-                ax.axhline(float(v), color=c, ls="--", lw=0.8)  # the clipping threshold
-        if finite and max(finite) / min(finite) > 10:
-            ax.set_yscale("log")
-        ax.set(xlabel="step", ylabel=tag)
-        ax.grid(alpha=0.3)
-
-    def save(fig, name: str) -> Path:
-        fig.tight_layout()
-        fig.savefig(out_dir / name, dpi=100)
-        plt.close(fig)
-        return out_dir / name
-
-    written = []
-    if any(j.scalars.get("val/ppl") for j in jobs):
-        fig, ax = plt.subplots(figsize=(8, 5))
-        draw(ax, "val/ppl")
-        ax.set_title("validation perplexity, every job")
-        written.append(save(fig, "val_ppl.png"))
-        if keys:
-            cols = min(3, len(keys))
-            fig, axes = plt.subplots(math.ceil(len(keys) / cols), cols, squeeze=False,
-                                     figsize=(5 * cols, 4 * math.ceil(len(keys) / cols)))
-            for ax, key in zip(axes.flat, keys):
-                draw(ax, "val/ppl", key)
-            for ax in list(axes.flat)[len(keys):]:
-                ax.set_visible(False)
-            written.append(save(fig, "factors.png"))
-    if any(j.scalars.get("train/grad_norm") for j in jobs):
-        fig, ax = plt.subplots(figsize=(8, 5))
-        draw(ax, "train/grad_norm", CLIP if CLIP in keys else None)
-        ax.set_title("gradient norm before clipping" + (" (dashed: thresholds)" if CLIP in keys
-                                                        else ""))
-        written.append(save(fig, "grad_norm.png"))
-    return written
-
-
 def write_report(sweep_dirs: list[Path], baseline: Path | None = None) -> tuple[str, list[Path]]:
     """Read every job of every sweep dir, write report.md/.json and the plots into the first;
     returns the markdown and the paths written. Raises ReportError on a dir that is no sweep."""
+    from rnnlab.report_figures import plot_grad_through_time, save_figures  # matplotlib: here
+
     sweep_dirs = list(dict.fromkeys(Path(d).resolve() for d in sweep_dirs))
     names = [d.name for d in sweep_dirs]
     labels = [n if names.count(n) == 1 else str(d) for n, d in zip(names, sweep_dirs)]
@@ -344,7 +279,7 @@ def write_report(sweep_dirs: list[Path], baseline: Path | None = None) -> tuple[
     shared = sorted({o for j in jobs for o in j.overrides} - {
         o for j in jobs for o in j.overrides if parse_override(o)[0] in keys + ["seed"]})
     out_dir = sweep_dirs[0]
-    plots = plot_curves(jobs, columns, out_dir) + plot_grad_through_time(jobs, columns, out_dir)
+    plots = save_figures(jobs, columns, out_dir) + plot_grad_through_time(jobs, columns, out_dir)
     done = sum(j.summary is not None for j in jobs)
     md = ["# Sweep report", "",
           *(f"- sweep `{d}`: {len(js)} jobs" for _, d, js in found),
@@ -368,46 +303,3 @@ def write_report(sweep_dirs: list[Path], baseline: Path | None = None) -> tuple[
     report = json.loads(json.dumps(report), parse_constant=lambda _: None)  # inf, nan -> null
     (out_dir / "report.json").write_text(json.dumps(report, indent=2))
     return text, [out_dir / "report.md", out_dir / "report.json", *plots]
-
-
-def plot_grad_through_time(jobs: list[Job], keys: list[str], out_dir: Path) -> list[Path]:
-    """grad_through_time.png: every job's last g(k) (summary.json's grad_g_h) on a log scale,
-    coloured by the first swept key, line style by the second; beside it g(k) / g(0) with the
-    reach threshold. Nothing when no job has a probe."""
-    from rnnlab.gradients import REACH_RATIO
-
-    curves = [(j, [math.nan if v is None else v for v in j.summary["grad_g_h"]])
-              for j in jobs if j.summary and j.summary.get("grad_g_h")]
-    if not curves:
-        return []
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    colour_key, style_key = (keys + [None, None])[:2]
-    value = lambda j, key: job_values(j, [key])[key] if key else ""
-    colours = {v: plt.cm.tab10(i % 10)
-               for i, v in enumerate(dict.fromkeys(value(j, colour_key) for j, _ in curves))}
-    styles = {v: ("-", "--", ":", "-.")[i % 4]
-              for i, v in enumerate(dict.fromkeys(value(j, style_key) for j, _ in curves))}
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
-    for j, g in curves:
-        label = ", ".join(f"{k.rsplit('.', 1)[-1]}={value(j, k)}" for k in keys) or j.name
-        style = dict(color=colours[value(j, colour_key)], ls=styles[value(j, style_key)], lw=1.4)
-        axes[0].semilogy(g, label=label, **style)
-        axes[1].semilogy([v / g[0] for v in g], **style)
-    axes[1].axhline(REACH_RATIO, color="grey", lw=0.8, ls=":")
-    epoch = {j.summary.get("grad_probe_epoch") for j, _ in curves}
-    axes[0].set(title=f"g(k) = ||dL_T / dh_(T-k)||, after epoch {'/'.join(map(str, epoch))}",
-                xlabel="distance k (steps back)", ylabel="g(k), mean over probe rows")
-    axes[1].set(title=f"g(k) / g(0); dotted: {REACH_RATIO:g} (the reach)",
-                xlabel="distance k (steps back)", ylabel="g(k) / g(0)")
-    axes[0].legend(fontsize=7)
-    for ax in axes:
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = out_dir / "grad_through_time.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return [path]

@@ -165,8 +165,10 @@ def train(cfg: DictConfig) -> float:
     finally:
         summary["wall_time_s"] = round(time.time() - started, 2)
         write_summary(out_dir, summary)
-        log.info("summary: %s", json.dumps({k: v for k, v in summary.items() if k not in (
-            "overrides", "checkpoints") and not k.startswith("grad_g_")}))
+        failed = summary["status"] == "failed"  # then the error line says it (log file: both)
+        log.log(logging.DEBUG if failed else logging.INFO, "summary: %s", json.dumps(
+            {k: v for k, v in summary.items() if k not in ("overrides", "checkpoints")
+             and not k.startswith("grad_g_")}))
     if stopper.received:  # stop here, and stop a sweep too: the user asked for it
         raise SystemExit(128 + signal.Signals[stopper.received].value)
     best = next((summary[k] for k in ("val_ppl_dyn_mix", "val_ppl_mix", "val_ppl_dyn")
@@ -188,8 +190,7 @@ def _run_dir(cfg: DictConfig) -> Path:
 
 
 def _fit_and_test(cfg: DictConfig, out_dir: Path, summary: dict) -> StopOnSignal:
-    save_config(cfg, out_dir)
-    log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
+    save_config(cfg, out_dir)  # and into the log file (the console too with print_config=true)
     torch.set_num_threads(torch_threads(cfg))
     summary["torch_threads"] = torch.get_num_threads()
     keep_freed_memory()

@@ -1,0 +1,141 @@
+"""The command line as a user meets it: typos answered in one line before Hydra and torch, no run
+dir left by a refused run, a quiet console with the config in the run's log."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import ROOT
+from omegaconf import OmegaConf
+
+from rnnlab.cli import NO_GPU, _remove_refused_run_dir, build, command_line_problem
+
+CONF = ROOT / "conf"
+
+
+def script(name: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / name), *args],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+
+
+@pytest.mark.parametrize("config, args, message", [
+    ("train", ["data.batch_sise=64"], "unknown key 'data.batch_sise'; did you mean "
+                                      "'data.batch_size'?"),
+    ("train", ["trainer.max_epoch=3"], "unknown key 'trainer.max_epoch'; did you mean "
+                                       "'trainer.max_epochs'?"),
+    ("train", ["+data.batch_sise=64"], "unknown key 'data.batch_sise' (added with '+'); did you "
+                                       "mean 'data.batch_size'?"),
+    ("train", ["modle=lstm"], "unknown key 'modle'; did you mean 'model'?"),
+    ("train", ["model=lstmm"], "unknown model 'lstmm'; did you mean 'model=lstm'? (model: gru, "
+                               "lstm, rnn, rnn_scratch)"),
+    ("train", ["--multirun", "model=rnn,lstmm"], "unknown model 'lstmm'; did you mean "
+                                                 "'model=lstm'?"),
+    ("train", ["ablation=sampling", "experiment=bset"], "did you mean 'experiment=best'?"),
+    ("train", ["hydra/launcher=paralel"], "did you mean 'hydra/launcher=parallel'?"),
+    ("train", ["hydra.sweep.dirr=x"], "did you mean 'hydra.sweep.dir'?"),
+    ("train", ["+data.batch_size=8"], "'+data.batch_size' adds a key, but data.batch_size "
+                                      "exists; drop the '+' to set it"),
+    ("train", ["ngram_mix.order=10"], "to give ngram_mix a new key, write '+ngram_mix.order=10'"),
+    ("train", ["+callbacks.stop._target_=pytorch_lightning.callbacks.EarlyStopping",
+               "+callbacks.stop.monitr=val/ppl"],
+     "unknown key 'callbacks.stop.monitr' (added with '+'): pytorch_lightning.callbacks."
+     "EarlyStopping takes no argument 'monitr'; did you mean 'callbacks.stop.monitor'?"),
+    ("train", ["data.sampling=random,sequential"], "add --multirun"),
+    ("generate", ["ckpt_path=x.ckpt", "prefix=hello, world"],
+     "prefix=hello, world is a sweep (the comma); to mean one string, quote it inside the "
+     "shell's quotes: 'prefix=\"hello, world\"'"),
+    ("forecast", ["data.tua=8"], "unknown key 'data.tua'; did you mean 'data.tau'?"),
+    ("stats", ["stats.tpo=5"], "did you mean 'stats.top'?"),
+])
+def test_a_typo_is_named_with_the_closest_valid_name(config, args, message):
+    problem = command_line_problem(CONF, config, args)
+    assert problem is not None and message in problem and "\n" not in problem
+
+
+@pytest.mark.parametrize("config, args", [
+    ("train", []),
+    ("train", ["ablation=sampling", "trainer.max_epochs=2"]),
+    ("train", ["--multirun", "experiment=best", "seed=0,1,2", "hydra/launcher=parallel",
+               "hydra.launcher.n_jobs=2"]),
+    ("train", ["+ngram_mix.order=10", "+trainer.precision=bf16-mixed",
+               "data.splits=[0.8,0.1,0.1]"]),
+    ("train", ["+callbacks.stop._target_=pytorch_lightning.callbacks.EarlyStopping",
+               "+callbacks.stop.monitor=val/ppl"]),
+    ("train", ["--multirun", "trainer=gpu", "hydra/launcher=slurm"]),  # the jobs run elsewhere
+    ("generate", ["ckpt_path=x.ckpt", 'prefix="hello, world"']),
+    ("train", ["--cfg", "job", "data.batch_size=1"]),
+    ("train", ["--hydra-help", "data.batch_sise=1"]),  # Hydra's help: Hydra's business
+])
+def test_valid_command_lines_pass(config, args):
+    assert command_line_problem(CONF, config, args) is None
+
+
+def test_trainer_gpu_without_a_gpu_is_one_line(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert command_line_problem(CONF, "train", ["trainer=gpu"]) == \
+        f"trainer.accelerator=gpu: {NO_GPU}"
+    # what Lightning itself refuses (a multirun job's Trainer) is one ValueError line too
+    trainer = {"_target_": "pytorch_lightning.Trainer"}
+    with pytest.raises(ValueError, match="MPSAccelerator") as e:
+        build(OmegaConf.create({**trainer, "accelerator": "mps"}))
+    assert "\n" not in str(e.value)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match=f"^{NO_GPU}$"):
+            build(OmegaConf.create({**trainer, "accelerator": "gpu"}))
+
+
+def test_typo_exits_2_in_one_line_before_torch_and_hydras_run_dir(tmp_path):
+    fake = tmp_path / "no_torch" / "torch"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('torch was imported')\n")
+    path = os.pathsep.join([str(fake.parent), os.environ.get("PYTHONPATH", "")])
+    run_dir = tmp_path / "run"
+    for args in (["data.batch_sise=64"], ["+data.batch_sise=64"], ["model=lstmm"]):
+        r = script("train.py", *args, f"hydra.run.dir={run_dir}", env={"PYTHONPATH": path})
+        assert r.returncode == 2 and r.stdout == ""
+        assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("error: ")
+        assert not run_dir.exists()
+
+
+def test_a_refused_run_leaves_no_run_dir_and_a_good_one_a_quiet_console(corpus_file, tmp_path):
+    tiny = [f"data.path={corpus_file}", "data.batch_size=4", "data.num_steps=8",
+            "model.core.num_hiddens=16", "trainer.max_epochs=1", "torch_threads=1",
+            "trainer.accelerator=cpu"]
+    refused = tmp_path / "refused"
+    r = script("train.py", *tiny, "data.sampling=shuffled", f"hydra.run.dir={refused}")
+    assert r.returncode == 2 and not refused.exists()
+    assert [ln for ln in r.stderr.splitlines() if ln.strip()] == [
+        "error: data.sampling='shuffled' is unknown; use one of ['random', 'sequential']"]
+    assert r.stdout == ""  # no config dump, no summary line of a run that never ran
+
+    good = tmp_path / "good"
+    r = script("train.py", *tiny, f"hydra.run.dir={good}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    console, log = r.stdout + r.stderr, (good / "train.log").read_text()
+    assert "config:" in log and "print_config: false" in log and "Tip:" in log
+    for noise in ("config:", "print_config", "Tip:", "deprecated", "Seed set to"):
+        assert noise not in console
+    assert "epoch 1/1" in console and "summary:" in console
+
+    r = script("train.py", *tiny, "train=false", "test=false", "print_config=true",
+               f"hydra.run.dir={tmp_path / 'shown'}")
+    assert r.returncode == 0 and "print_config: true" in r.stdout
+
+
+
+def test_a_refused_runs_dir_goes_only_while_nothing_of_value_is_in_it(compose_run, tmp_path):
+    compose_run("train", [])
+    run = tmp_path / "run"
+    for extra in (None, "checkpoints", "tb", "notes.txt"):
+        (run / ".hydra").mkdir(parents=True)
+        (run / "train.log").write_text("")
+        (run / "summary.json").write_text("{}")
+        if extra:
+            (run / extra).mkdir()
+        _remove_refused_run_dir()
+        assert run.exists() == (extra is not None), extra
+        shutil.rmtree(run, ignore_errors=True)
