@@ -150,3 +150,15 @@ def test_checkpointed_statistics_resume_the_epoch():
     resumed.load_state_dict(monitor.state_dict())
     assert resumed.epoch_stats()["train/ppl_epoch"] == monitor.epoch_stats()["train/ppl_epoch"]
     assert resumed.run_stats() == monitor.run_stats()
+
+
+def test_the_largest_norm_between_logging_steps_is_logged():
+    model, trainer, monitor, opt = setup(log_every_n_steps=3, gradient_clip_val=None)
+    logged = []
+    model.log = lambda key, value, **k: logged.append((key, float(value)))
+    n = sum(p.numel() for p in model.parameters())
+    for norm in (1.0, 5.0, 2.0, 0.5, 0.25, 0.75):
+        step(model, trainer, monitor, opt, norm / math.sqrt(n))
+    got = [(k, round(v, 4)) for k, v in logged if k.startswith("train/grad_norm")]
+    assert got == [("train/grad_norm", 2.0), ("train/grad_norm_max", 5.0),
+                   ("train/grad_norm", 0.75), ("train/grad_norm_max", 0.75)]

@@ -101,8 +101,12 @@ def test_corrupt_and_incompatible_checkpoints_are_refused(cfg_factory, tmp_path)
     bad.write_bytes(last.read_bytes()[:100])
     with pytest.raises(ConfigError, match="corrupt"):
         train(cfg_factory(f"ckpt_path={bad}"))
+    run_dir = last.parent.parent
+    kept = {name: (run_dir / name).read_text() for name in ("summary.json", "config.yaml")}
     with pytest.raises(ConfigError, match="another model"):
         train(cfg_factory(f"ckpt_path={last}", "model.core.num_hiddens=24"))
+    # the refused resume leaves the run it names as it was
+    assert {name: (run_dir / name).read_text() for name in kept} == kept
     other_text = tmp_path / "other.txt"
     other_text.write_text("zyxw vut " * 400)
     with pytest.raises(ConfigError, match="another vocabulary"):

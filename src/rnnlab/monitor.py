@@ -68,6 +68,7 @@ class TrainingMonitor(pl.Callback):
         self.epoch_clipped, self.epoch_steps = 0, 0
         self._step_t0 = self._batch_t0 = time.perf_counter()
         self._step = 0
+        self._interval_max: torch.Tensor | None = None  # the largest norm since the last log
 
     # ---- the guard ------------------------------------------------------------------------------
     def diverge(self, why: str, step: int | None = None) -> None:
@@ -124,8 +125,16 @@ class TrainingMonitor(pl.Callback):
             self.diverge(f"gradient norm is {norm.item()}")
         else:
             self._norms.append((self._step, norm, stat))
-        if self.diverged_at is None and self._logging_step(trainer):
+        if self.diverged_at is not None:
+            return
+        # a running maximum (a tensor op: no sync), so the spikes between logging steps, which
+        # clipping is about, reach the logs too
+        self._interval_max = norm if self._interval_max is None else \
+            torch.maximum(self._interval_max, norm)
+        if self._logging_step(trainer):
             pl_module.log("train/grad_norm", norm)
+            pl_module.log("train/grad_norm_max", self._interval_max)
+            self._interval_max = None
 
     def fold_norms(self) -> None:
         """Fold the gradient norms recorded since the last call into the epoch and run totals."""

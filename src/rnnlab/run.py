@@ -154,6 +154,9 @@ def train(cfg: DictConfig) -> float:
     summary: dict = {"status": "running", "overrides": _overrides(), "run_dir": str(out_dir),
                      "model": cfg.model.core.get("kind", "rnn_scratch"), "bptt": cfg.bptt.mode,
                      "sampling": cfg.data.sampling, "seed": cfg.seed, "diverged": False}
+    path = out_dir / "summary.json"
+    # a resume that is refused must leave the run it names as it was
+    previous = path.read_text() if cfg.get("ckpt_path") and path.is_file() else None
     write_summary(out_dir, summary)
     started = time.time()
     try:
@@ -161,10 +164,15 @@ def train(cfg: DictConfig) -> float:
         stopper = _fit_and_test(cfg, out_dir, summary)
     except BaseException as e:
         summary.update(status="failed", error=f"{type(e).__name__}: {e}")
+        if not isinstance(e, ConfigError):
+            previous = None
         raise
     finally:
         summary["wall_time_s"] = round(time.time() - started, 2)
-        write_summary(out_dir, summary)
+        if previous is not None and summary["status"] == "failed":
+            path.write_text(previous)
+        else:
+            write_summary(out_dir, summary)
         failed = summary["status"] == "failed"  # then the error line says it (log file: both)
         log.log(logging.DEBUG if failed else logging.INFO, "summary: %s", json.dumps(
             {k: v for k, v in summary.items() if k not in ("overrides", "checkpoints")
@@ -190,7 +198,6 @@ def _run_dir(cfg: DictConfig) -> Path:
 
 
 def _fit_and_test(cfg: DictConfig, out_dir: Path, summary: dict) -> StopOnSignal:
-    save_config(cfg, out_dir)  # and into the log file (the console too with print_config=true)
     torch.set_num_threads(torch_threads(cfg))
     summary["torch_threads"] = torch.get_num_threads()
     keep_freed_memory()
@@ -204,6 +211,7 @@ def _fit_and_test(cfg: DictConfig, out_dir: Path, summary: dict) -> StopOnSignal
     model.run_config = OmegaConf.to_container(cfg, resolve=True)
     if cfg.get("ckpt_path"):
         check_resume_checkpoint(Path(cfg.ckpt_path), model, dm.vocab)
+    save_config(cfg, out_dir)  # and into the log file (the console too with print_config=true)
     ckpt_dir = out_dir / "checkpoints"
     stopper, monitor = StopOnSignal(ckpt_dir), TrainingMonitor()
     callbacks = [build(c) for c in (cfg.get("callbacks") or {}).values()] + [stopper, monitor]
