@@ -235,7 +235,8 @@ def _fit_and_test(cfg: DictConfig, out_dir: Path, summary: dict) -> StopOnSignal
         check_resume_checkpoint(Path(cfg.ckpt_path), model, dm.vocab)
     ckpt_dir = out_dir / "checkpoints"
     stopper, monitor = StopOnSignal(ckpt_dir), TrainingMonitor()
-    callbacks = [build(c) for c in (cfg.get("callbacks") or {}).values()] + [stopper, monitor]
+    # the monitor first: its statistics take in the step the stopper then checkpoints
+    callbacks = [build(c) for c in (cfg.get("callbacks") or {}).values()] + [monitor, stopper]
     interactive = sys.stdout.isatty()
     callbacks += [RichProgressBar()] if interactive else []
     loggers = [build(c) for c in (cfg.get("logger") or {}).values()]
