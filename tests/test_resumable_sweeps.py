@@ -1,10 +1,12 @@
 """Killed sweeps finish on a second launch with identical results; bad relaunches are refused."""
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -45,8 +47,17 @@ def launch_and_kill(cmd: list[str], after: list[str]) -> None:
         if not waiting:
             os.killpg(proc.pid, signal.SIGTERM)
             break
-    proc.stdout.read()
     proc.wait(timeout=120)
+    # joblib's idle workers and resource trackers outlive their parent (they ignore SIGTERM):
+    # once no job is left saving its checkpoint, end the group
+    sweep_dir = Path(next(a for a in cmd if a.startswith("hydra.sweep.dir=")).split("=", 1)[1])
+    deadline = time.monotonic() + 10  # a tiny job saves in well under a second
+    while time.monotonic() < deadline and any(
+            s.get("status") == "running" for s in summaries(sweep_dir).values()):
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.stdout.close()
     assert not waiting, "the sweep ended before it could be killed"
 
 
