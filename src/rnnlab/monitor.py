@@ -56,6 +56,7 @@ class TrainingMonitor(pl.Callback):
         self.steps_seen, self.clipped_steps, self.max_grad_norm = 0, 0, 0.0
         self.diverged_at: int | None = None
         self.started = False
+        self._restored_epoch: int | None = None
         self.start_epoch()
 
     def setup(self, trainer, pl_module, stage: str) -> None:
@@ -202,6 +203,11 @@ class TrainingMonitor(pl.Callback):
                 "diverged": self.diverged_at is not None, "diverged_at_step": self.diverged_at}
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
+        restored, self._restored_epoch = self._restored_epoch, None
+        if restored == trainer.current_epoch:
+            # resumed mid-epoch: go on from the epoch's totals the checkpoint restored
+            self._step_t0 = self._batch_t0 = time.perf_counter()
+            return
         self.start_epoch()
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
@@ -222,7 +228,8 @@ class TrainingMonitor(pl.Callback):
         return {"steps_seen": self.steps_seen, "clipped_steps": self.clipped_steps,
                 "max_grad_norm": self.max_grad_norm, "loss_sum": loss_sum, "tokens": tokens,
                 "clipped": self.epoch_clipped, "steps": self.epoch_steps,
-                "train_time": self.train_time}
+                "train_time": self.train_time,
+                "epoch": self.trainer.current_epoch if self.trainer is not None else None}
 
     def load_state_dict(self, state: dict) -> None:
         self.steps_seen = state.get("steps_seen", 0)
@@ -232,3 +239,4 @@ class TrainingMonitor(pl.Callback):
         self.epoch_clipped, self.epoch_steps = state.get("clipped", 0), state.get("steps", 0)
         self.train_time = state.get("train_time", 0.0)
         self._losses, self._norms = [], []
+        self._restored_epoch = state.get("epoch")  # the epoch these totals belong to

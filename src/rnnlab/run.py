@@ -23,6 +23,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import RichProgressBar, Timer
 from pytorch_lightning.plugins.io import TorchCheckpointIO
@@ -32,6 +33,7 @@ from rnnlab.evaluation import evaluate_dynamic
 from rnnlab.gradient_callback import GradientsThroughTime
 from rnnlab.mixture import evaluate_mixture
 from rnnlab.monitor import TrainingMonitor
+from rnnlab.resume import carry_over, objective, previous_run, read_summary
 from rnnlab.tblogger import RunLogger
 from rnnlab.validate import ConfigError, full_bptt_bytes, validate_config
 from rnnlab.vocab import Vocab
@@ -56,22 +58,34 @@ class Interrupted(Exception):
 
 
 class StopOnSignal(pl.Callback):
-    """SIGINT/SIGTERM: finish the current step, save last.ckpt, stop. A second signal kills."""
+    """SIGINT/SIGTERM: finish the current step, save last.ckpt, stop. A second signal kills.
+
+    In a submitit job (SLURM, or its local executor) submitit's handler of the time-limit signal
+    (SIGUSR2 unless SUBMITIT_PREEMPT_SIGNAL says otherwise) is taken over the same way and
+    called once last.ckpt and the summary are written (`hand_over`): it requeues the job into
+    the same job dir, where it resumes."""
 
     def __init__(self, ckpt_dir: Path):
         self.ckpt_dir, self.received = ckpt_dir, None
         self._previous = {}
+        self._requeue = None  # submitit's handler of the signal received, if it had one
 
     def _handler(self, signum, frame) -> None:
         if self.received is not None:  # second signal: the user means it
             raise KeyboardInterrupt
         self.received = signal.Signals(signum).name
+        if signum not in (signal.SIGINT, signal.SIGTERM):
+            self._requeue = self._previous.get(signum)
         log.warning("%s received: saving last.ckpt after this step, then stopping", self.received)
 
     def on_train_start(self, trainer, pl_module) -> None:
         # installed after Lightning's own SIGTERM handler (which would raise SIGTERMException
         # and exit 0 without a summary), replacing it for the duration of training
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        usr = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), None)
+        ours = [signal.SIGINT, signal.SIGTERM]
+        if usr is not None and callable(signal.getsignal(usr)):  # submitit's requeue hook
+            ours.append(usr)
+        for sig in ours:
             self._previous[sig] = signal.signal(sig, self._handler)
 
     def on_train_end(self, trainer, pl_module) -> None:
@@ -81,6 +95,10 @@ class StopOnSignal(pl.Callback):
 
     def on_exception(self, trainer, pl_module, exception) -> None:
         self.on_train_end(trainer, pl_module)
+
+    def hand_over(self) -> None:
+        if self._requeue is not None:
+            self._requeue(signal.Signals[self.received].value, None)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.received is not None:
@@ -113,6 +131,13 @@ def keep_freed_memory() -> bool:
         M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
         return bool(libc.mallopt(M_MMAP_MAX, 0) and libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
     except (OSError, AttributeError):
+        return False
+
+
+def _multirun() -> bool:
+    try:
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except ValueError:  # composed without Hydra's runtime (tests)
         return False
 
 
@@ -151,6 +176,10 @@ def train(cfg: DictConfig) -> float:
     """Fit and test one model; returns the best val/ppl (inf when there is none), or with
     `eval.dynamic` and/or `ngram_mix` set, the val/ppl of the strongest of those evaluations."""
     out_dir = _run_dir(cfg)
+    # a sweep launched again (or a requeued cluster job) finds its earlier launch's job here
+    earlier = read_summary(out_dir) if _multirun() and not cfg.get("ckpt_path") else None
+    if earlier is not None and (done := previous_run(cfg, out_dir, earlier)) is not None:
+        return done
     summary: dict = {"status": "running", "overrides": _overrides(), "run_dir": str(out_dir),
                      "model": cfg.model.core.get("kind", "rnn_scratch"), "bptt": cfg.bptt.mode,
                      "sampling": cfg.data.sampling, "seed": cfg.seed, "diverged": False}
@@ -162,6 +191,10 @@ def train(cfg: DictConfig) -> float:
     try:
         validate_config(cfg)
         stopper = _fit_and_test(cfg, out_dir, summary)
+        carry_over(summary, earlier if cfg.get("ckpt_path") else None)
+    except (KeyboardInterrupt, SystemExit) as e:  # stopped (a second Ctrl-C, a requeue): not failed
+        summary.update(status="interrupted", error=f"{type(e).__name__}: {e}")
+        raise
     except BaseException as e:
         summary.update(status="failed", error=f"{type(e).__name__}: {e}")
         if not isinstance(e, ConfigError):
@@ -178,10 +211,9 @@ def train(cfg: DictConfig) -> float:
             {k: v for k, v in summary.items() if k not in ("overrides", "checkpoints")
              and not k.startswith("grad_g_")}))
     if stopper.received:  # stop here, and stop a sweep too: the user asked for it
+        stopper.hand_over()  # a cluster's time-limit signal: submitit requeues the job (exits)
         raise SystemExit(128 + signal.Signals[stopper.received].value)
-    best = next((summary[k] for k in ("val_ppl_dyn_mix", "val_ppl_mix", "val_ppl_dyn")
-                 if summary.get(k) is not None), summary.get("best_val_ppl"))
-    return best if best is not None and math.isfinite(best) else float("inf")
+    return objective(summary)
 
 
 def _run_dir(cfg: DictConfig) -> Path:
@@ -214,7 +246,8 @@ def _fit_and_test(cfg: DictConfig, out_dir: Path, summary: dict) -> StopOnSignal
     save_config(cfg, out_dir)  # and into the log file (the console too with print_config=true)
     ckpt_dir = out_dir / "checkpoints"
     stopper, monitor = StopOnSignal(ckpt_dir), TrainingMonitor()
-    callbacks = [build(c) for c in (cfg.get("callbacks") or {}).values()] + [stopper, monitor]
+    # the monitor first: its statistics take in the step the stopper then checkpoints
+    callbacks = [build(c) for c in (cfg.get("callbacks") or {}).values()] + [monitor, stopper]
     interactive = sys.stdout.isatty()
     callbacks += [RichProgressBar()] if interactive else []
     loggers = [build(c) for c in (cfg.get("logger") or {}).values()]

@@ -1,0 +1,132 @@
+"""Pick a sweep job up where an earlier launch of the same sweep left it.
+
+    from rnnlab.resume import previous_run, read_summary
+    earlier = read_summary(out_dir)                  # None: a fresh job dir
+    metric = previous_run(cfg, out_dir, earlier)     # not None: done, return it to the sweeper
+
+A job dir of a multirun that already holds summary.json belongs to an earlier launch of the
+same sweep (the same `hydra.sweep.dir` named again, or a cluster job requeued after a time
+limit). Its status decides what happens, and the log says which:
+- finished: not trained again; its stored metric is returned (Optuna and the report see it);
+- interrupted, or running (killed) with checkpoints/last.ckpt: resumed from it exactly
+  (`cfg.ckpt_path` is set); without a last.ckpt it is trained from the start;
+- failed or diverged: kept as it is (diverged returns its metric, failed raises its error again)
+  unless `retry_failed=true`, which trains it again from the start.
+A job dir whose config.yaml differs from the new config is refused with a ConfigError, never
+mixed. Keys that may legitimately differ between launches are in IGNORED.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+from pathlib import Path
+
+import yaml
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from rnnlab.validate import ConfigError
+
+log = logging.getLogger(__name__)
+
+# resources and resume machinery, not the experiment: they may change between launches
+IGNORED = ("retry_failed", "ckpt_path", "torch_threads", "paths")
+# what a resumed fit may not produce again (it had nothing left to train): kept from before
+CARRIED = ("final_val_ppl", "train_ppl", "tokens_per_s")
+
+
+class KeptFailure(RuntimeError):
+    """A job that failed in an earlier launch, kept as it is (retry_failed=false)."""
+
+
+def plain_config(cfg: DictConfig | dict) -> dict:
+    """The config as config.yaml holds it (resolved, no hydra node), minus IGNORED keys."""
+    if isinstance(cfg, DictConfig):
+        cfg = yaml.safe_load(OmegaConf.to_yaml({k: OmegaConf.to_container(v, resolve=True)
+                                                if OmegaConf.is_config(v) else v
+                                                for k, v in cfg.items() if k != "hydra"}))
+    return {k: v for k, v in cfg.items() if k not in IGNORED and k != "hydra"}
+
+
+def _flat(d: object, prefix: str = "") -> dict[str, object]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, object] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) and v else
+                   {f"{prefix}{k}": v})
+    return out
+
+
+def config_differences(old: dict, new: dict) -> list[str]:
+    """'key: old value there, new value now' for each differing leaf, sorted by key."""
+    a, b = _flat(old), _flat(new)
+    missing = object()
+    return [f"{k}: {a.get(k, '(absent)')!s} there, {b.get(k, '(absent)')!s} now"
+            for k in sorted(set(a) | set(b)) if a.get(k, missing) != b.get(k, missing)]
+
+
+def objective(summary: dict) -> float:
+    """What train() returns to a sweeper for a job: the val/ppl of its strongest evaluation
+    (dynamic evaluation mixed with the n-gram, the mixture, dynamic evaluation, or the best
+    checkpoint's), inf when there is none."""
+    best = next((summary[k] for k in ("val_ppl_dyn_mix", "val_ppl_mix", "val_ppl_dyn")
+                 if summary.get(k) is not None), summary.get("best_val_ppl"))
+    return float(best) if isinstance(best, (int, float)) and math.isfinite(best) else math.inf
+
+
+def read_summary(out_dir: Path) -> dict | None:
+    try:
+        summary = json.loads((out_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None  # a fresh job dir (or a summary never written whole)
+    return summary if isinstance(summary, dict) else None
+
+
+def previous_run(cfg: DictConfig, out_dir: Path, summary: dict) -> float | None:
+    """Decide what to do with an earlier launch's job in out_dir (see the module docstring).
+    Returns the stored metric when the job is done, None when it must be trained (from
+    checkpoints/last.ckpt when `cfg.ckpt_path` was set here). Raises ConfigError for a job dir
+    of another config, KeptFailure for a failed job kept as it is."""
+    saved = out_dir / "config.yaml"
+    if saved.is_file():
+        diffs = config_differences(plain_config(yaml.safe_load(saved.read_text()) or {}),
+                                   plain_config(cfg))
+        if diffs:
+            raise ConfigError(
+                f"{out_dir} holds a job of another config ({'; '.join(diffs[:3])}"
+                f"{'; ...' if len(diffs) > 3 else ''}); rerun the sweep with the settings it was "
+                f"started with, or give this one a new hydra.sweep.dir")
+    status, name = summary.get("status"), out_dir.name
+    last = out_dir / "checkpoints" / "last.ckpt"
+    if status == "finished":
+        log.info("job %s: finished in an earlier launch, not trained again (val/ppl %s)", name,
+                 summary.get("best_val_ppl"))
+        return objective(summary)
+    if status in ("failed", "diverged") and not cfg.get("retry_failed", False):
+        log.warning("job %s: %s in an earlier launch, kept as it is (retry_failed=true trains "
+                    "it again)", name, status)
+        if status == "diverged":
+            return objective(summary)
+        raise KeptFailure(f"job {name} failed in an earlier launch ({summary.get('error')}); "
+                          f"kept as it is: retry_failed=true trains it again")
+    if status in ("interrupted", "running") and last.is_file():
+        log.info("job %s: %s in an earlier launch, resuming from %s", name, status, last)
+        with open_dict(cfg):
+            cfg.ckpt_path = str(last)
+        return None
+    log.info("job %s: %s in an earlier launch%s, training it from the start", name, status,
+             "" if status in ("failed", "diverged") else " without a last.ckpt")
+    for stale in ("checkpoints", "tb"):  # no old best-*.ckpt or curves mixed into the new run
+        shutil.rmtree(out_dir / stale, ignore_errors=True)
+    return None
+
+
+def carry_over(summary: dict, before: dict | None) -> None:
+    """Keep the earlier launch's values of CARRIED keys that the resumed fit did not produce
+    (a job killed after its last step resumes with nothing left to train)."""
+    for key in CARRIED if before else ():
+        if summary.get(key) is None and before.get(key) is not None:
+            summary[key] = before[key]
