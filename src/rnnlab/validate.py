@@ -58,22 +58,17 @@ def validate_config(cfg: DictConfig) -> None:
             raise ConfigError(f"ngram_mix={mix!r} must be null or {{order: N}}, e.g. "
                               f"ngram_mix.order=10")
         _positive_int("ngram_mix.order", mix.get("order", 10))
-        if not cfg.get("test", True):
-            raise ConfigError("ngram_mix scores the tested (best) checkpoint: it needs test=true")
-        splits = data.get("splits")
-        if splits is not None and (len(splits) < 2 or not splits[1] > 0):
-            raise ConfigError(f"ngram_mix chooses its weight on the validation split, but "
-                              f"data.splits={list(splits)} has none; give val a fraction")
+        _scores_the_tested_checkpoint(cfg, "ngram_mix", "its weight")
     ev = cfg.get("eval")
     if ev is not None and ev.get("dynamic"):
-        _dynamic_eval(ev, cfg, data)
+        _dynamic_eval(ev, cfg)
     ckpt = cfg.get("ckpt_path")
     if ckpt is not None and not Path(ckpt).is_file():
         raise ConfigError(f"ckpt_path={ckpt} does not exist; pass a run's "
                           f"checkpoints/last.ckpt, or ckpt_path=null to start fresh")
 
 
-def _dynamic_eval(ev: DictConfig, cfg: DictConfig, data: DictConfig) -> None:
+def _dynamic_eval(ev: DictConfig, cfg: DictConfig) -> None:
     _positive_int("eval.window", ev.get("window"))
     for key, low, high in (("lr", 0.0, None), ("decay", 0.0, 1.0)):
         values = ev.get(key)
@@ -85,11 +80,16 @@ def _dynamic_eval(ev: DictConfig, cfg: DictConfig, data: DictConfig) -> None:
                 ("numbers in [0, 1)", "0,0.01")
             raise ConfigError(f"eval.{key}={values} must be {rule} (one, or a list to choose "
                               f"from on val), e.g. eval.{key}=[{example}]")
+    _scores_the_tested_checkpoint(cfg, "eval.dynamic", "its learning rate")
+
+
+def _scores_the_tested_checkpoint(cfg: DictConfig, key: str, choice: str) -> None:
+    """An evaluation of the tested checkpoint that makes its choice on val."""
     if not cfg.get("test", True):
-        raise ConfigError("eval.dynamic scores the tested (best) checkpoint: it needs test=true")
-    splits = data.get("splits")
+        raise ConfigError(f"{key} scores the tested (best) checkpoint: it needs test=true")
+    splits = cfg.data.get("splits")
     if splits is not None and (len(splits) < 2 or not splits[1] > 0):
-        raise ConfigError(f"eval.dynamic chooses its learning rate on the validation split, but "
+        raise ConfigError(f"{key} chooses {choice} on the validation split, but "
                           f"data.splits={list(splits)} has none; give val a fraction")
 
 
