@@ -50,11 +50,12 @@ def test_trained_weights_stay_and_results_are_deterministic():
 
 
 @pytest.mark.parametrize("core", CORES)
-def test_on_a_repeated_text_dynamic_evaluation_beats_static(core):
+@pytest.mark.parametrize("normalize, lr", [(False, 1.0), (True, 0.03)])
+def test_on_a_repeated_text_dynamic_evaluation_beats_static(core, normalize, lr):
     model = model_of(core)
     ids = torch.randint(0, V, (10,), generator=torch.Generator().manual_seed(2)).repeat(20)
     static = token_ppl(stream_log_probs(model, ids), ids)
-    dynamic = token_ppl(dynamic_log_probs(model, ids, lr=1.0, window=20), ids)
+    dynamic = token_ppl(dynamic_log_probs(model, ids, lr=lr, window=20, normalize=normalize), ids)
     assert dynamic < 0.8 * static
 
 
@@ -63,10 +64,12 @@ def test_the_learning_rate_is_chosen_on_validation_and_test_scored_once():
     gen = torch.Generator().manual_seed(3)
     corpus = {"val": torch.randint(0, V, (30,), generator=gen).repeat(6),  # rewards adapting
               "test": torch.randint(0, V, (180,), generator=gen)}  # noise: adapting hurts
-    result, log_probs = evaluate_dynamic(model, corpus, lr=[1e-4, 0.5], window=20)
+    result, log_probs = evaluate_dynamic(model, corpus, lr=[1e-4, 0.5], window=20,
+                                         normalize=False)
     assert result["dyn_lr"] == 0.5 and result["dyn_decay"] == 0.0
     assert result["test/ppl_dyn"] == token_ppl(log_probs["test"], corpus["test"])
-    small = token_ppl(dynamic_log_probs(model, corpus["test"], 1e-4, 0.0, 20), corpus["test"])
+    small = token_ppl(dynamic_log_probs(model, corpus["test"], 1e-4, 0.0, 20, False),
+                      corpus["test"])
     assert small < result["test/ppl_dyn"]  # test would have picked the other one
 
 

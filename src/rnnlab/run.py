@@ -282,7 +282,7 @@ def _fit_and_test(cfg: DictConfig, out_dir: Path, summary: dict) -> StopOnSignal
         extra, dynamic = {}, None
         if cfg.get("eval") and cfg.eval.dynamic:  # the tested weights adapt to the text they score
             found, dynamic = evaluate_dynamic(model, dm.corpus, cfg.eval.lr, cfg.eval.decay,
-                                              cfg.eval.window)
+                                              cfg.eval.window, cfg.eval.get("normalize", True))
             extra.update(found)
         if cfg.get("ngram_mix"):  # the tested (best) weights, mixed with a Kneser-Ney n-gram
             extra.update(evaluate_mixture(model, dm.corpus, len(dm.vocab), **cfg.ngram_mix,
