@@ -28,6 +28,7 @@ from pytorch_lightning.callbacks import RichProgressBar, Timer
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from rnnlab.cli import build, save_config
+from rnnlab.distributed import agree_on_signal, devices_per_node, env_rank, pack_gpu
 from rnnlab.evaluation import evaluate_dynamic
 from rnnlab.mixture import evaluate_mixture
 from rnnlab.monitor import TrainingMonitor
@@ -81,6 +82,7 @@ class StopOnSignal(pl.Callback):
         self.on_train_end(trainer, pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.received = agree_on_signal(trainer, self.received)  # DDP: all ranks stop together
         if self.received is not None:
             trainer.save_checkpoint(self.ckpt_dir / "last.ckpt")
             raise Interrupted(self.received)
@@ -98,7 +100,8 @@ def torch_threads(cfg: DictConfig) -> int:
     cores = os.cpu_count() or 1
     if n_jobs:
         return max(1, cores // (cores if n_jobs < 0 else n_jobs))
-    return torch.get_num_threads()
+    ranks = devices_per_node(cfg.trainer)  # DDP processes on this machine share its cores
+    return max(1, cores // ranks) if ranks > 1 else torch.get_num_threads()
 
 
 def keep_freed_memory() -> bool:
@@ -149,23 +152,29 @@ def train(cfg: DictConfig) -> float:
     """Fit and test one model; returns the best val/ppl (inf when there is none), or with
     `eval.dynamic` and/or `ngram_mix` set, the val/ppl of the strongest of those evaluations."""
     out_dir = _run_dir(cfg)
+    rank0 = env_rank(cfg.trainer) == 0  # under DDP only rank 0 writes summary.json/config.yaml
     summary: dict = {"status": "running", "overrides": _overrides(), "run_dir": str(out_dir),
                      "model": cfg.model.core.get("kind", "rnn_scratch"), "bptt": cfg.bptt.mode,
                      "sampling": cfg.data.sampling, "seed": cfg.seed, "diverged": False}
-    write_summary(out_dir, summary)
+    if rank0:
+        write_summary(out_dir, summary)
     started = time.time()
     try:
         validate_config(cfg)
-        stopper = _fit_and_test(cfg, out_dir, summary)
+        pack_gpu(cfg)
+        stopper = _fit_and_test(cfg, out_dir, summary, rank0)
     except BaseException as e:
         summary.update(status="failed", error=f"{type(e).__name__}: {e}")
         raise
     finally:
         summary["wall_time_s"] = round(time.time() - started, 2)
-        write_summary(out_dir, summary)
+        if rank0:
+            write_summary(out_dir, summary)
         log.info("summary: %s", json.dumps({k: v for k, v in summary.items()
                                             if k not in ("overrides", "checkpoints")}))
-    if stopper.received:  # stop here, and stop a sweep too: the user asked for it
+    # stop here, and stop a sweep too: the user asked for it. Ranks > 0 exit 0: Lightning's
+    # observer kills every process when a child exits with an error, rank 0's summary included
+    if stopper.received and rank0:
         raise SystemExit(128 + signal.Signals[stopper.received].value)
     best = next((summary[k] for k in ("val_ppl_dyn_mix", "val_ppl_mix", "val_ppl_dyn")
                  if summary.get(k) is not None), summary.get("best_val_ppl"))
@@ -185,10 +194,14 @@ def _run_dir(cfg: DictConfig) -> Path:
     return out_dir
 
 
-def _fit_and_test(cfg: DictConfig, out_dir: Path, summary: dict) -> StopOnSignal:
-    save_config(cfg, out_dir)
+def _fit_and_test(cfg: DictConfig, out_dir: Path, summary: dict, rank0: bool = True
+                  ) -> StopOnSignal:
+    if rank0:
+        save_config(cfg, out_dir)
     log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
     torch.set_num_threads(torch_threads(cfg))
+    if devices_per_node(cfg.trainer) > 1:  # Lightning's DDP launcher then keeps it as it is
+        os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
     summary["torch_threads"] = torch.get_num_threads()
     keep_freed_memory()
     pl.seed_everything(cfg.seed, workers=True)
@@ -229,11 +242,13 @@ def _fit_and_test(cfg: DictConfig, out_dir: Path, summary: dict) -> StopOnSignal
            tokens_per_s=_metric(trainer, "train/tokens_per_s_epoch"),
            epochs=trainer.current_epoch, global_step=trainer.global_step,
            max_time_cut=max_time_cut(trainer))
-    if cfg.get("test", True) and status != "interrupted":
+    if cfg.get("test", True) and status != "interrupted":  # under DDP, on every rank
         best_path = ckpt_cb.best_model_path if ckpt_cb and ckpt_cb.best_model_path else None
         trainer.test(model, datamodule=dm, ckpt_path=best_path, weights_only=False)
         record(test_ppl=_metric(trainer, "test/ppl"), test_ckpt=best_path)
         extra, dynamic = {}, None
+        if not trainer.is_global_zero:  # what follows is one process's work
+            return stopper
         if cfg.get("eval") and cfg.eval.dynamic:  # the tested weights adapt to the text they score
             found, dynamic = evaluate_dynamic(model, dm.corpus, cfg.eval.lr, cfg.eval.decay,
                                               cfg.eval.window)
