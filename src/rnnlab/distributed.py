@@ -151,6 +151,10 @@ def job_command(local_rank: int) -> list[str]:
             f"hydra.job.name={hc.job.name}_rank{local_rank}"]
 
 
+LAUNCH_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+_launched: list[tuple[HydraJobLauncher, dict[str, str | None]]] = []
+
+
 class HydraJobLauncher(_SubprocessScriptLauncher):
     """Lightning's subprocess launcher (same environment variables, same process observer),
     starting ranks > 0 with `job_command` when Hydra runs the script."""
@@ -159,6 +163,7 @@ class HydraJobLauncher(_SubprocessScriptLauncher):
         if not HydraConfig.initialized():
             return super()._call_children_scripts()
         self._check_can_spawn_children()
+        _launched.append((self, {key: os.environ.get(key) for key in LAUNCH_ENV}))
         env = self.cluster_environment
         os.environ.update(MASTER_ADDR=env.main_address, MASTER_PORT=str(env.main_port),
                           NODE_RANK=str(env.node_rank()), LOCAL_RANK=str(env.local_rank()),
@@ -179,6 +184,27 @@ class HydraDDPStrategy(DDPStrategy):
         if type(self._launcher) is _SubprocessScriptLauncher:
             self._launcher = HydraJobLauncher(self.cluster_environment, self.num_processes,
                                               self.num_nodes)
+
+
+def end_job(timeout: float = 60.0) -> None:
+    """After a job that launched ranks: wait for them, close the process group and take back the
+    launch variables, so that the next job of a multirun starts its own ranks (Lightning would
+    otherwise see LOCAL_RANK, skip the launch and talk to the last job's exited ranks)."""
+    while _launched:
+        launcher, saved = _launched.pop()
+        for proc in launcher.procs:
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("rank process %d still running after the job; killing it", proc.pid)
+                proc.kill()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def agree_on_signal(trainer, received: str | None) -> str | None:

@@ -23,12 +23,13 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
+from lightning_fabric.utilities.seed import reset_seed
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import RichProgressBar, Timer
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from rnnlab.cli import build, save_config
-from rnnlab.distributed import agree_on_signal, devices_per_node, env_rank, pack_gpu
+from rnnlab.distributed import agree_on_signal, devices_per_node, end_job, env_rank, pack_gpu
 from rnnlab.evaluation import evaluate_dynamic
 from rnnlab.mixture import evaluate_mixture
 from rnnlab.monitor import TrainingMonitor
@@ -170,6 +171,7 @@ def train(cfg: DictConfig) -> float:
         summary["wall_time_s"] = round(time.time() - started, 2)
         if rank0:
             write_summary(out_dir, summary)
+        end_job()  # DDP: the ranks this job started are done; the next job starts its own
         log.info("summary: %s", json.dumps({k: v for k, v in summary.items()
                                             if k not in ("overrides", "checkpoints")}))
     # stop here, and stop a sweep too: the user asked for it. Ranks > 0 exit 0: Lightning's
@@ -232,6 +234,7 @@ def _fit_and_test(cfg: DictConfig, out_dir: Path, summary: dict, rank0: bool = T
 
     if cfg.get("train", True):
         with contextlib.suppress(Interrupted):  # last.ckpt is saved; the summary says so
+            reset_seed()  # what Lightning's DDP does after the model is built: same dropout draws
             trainer.fit(model, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
     stats = monitor.run_stats()
     status = "diverged" if stats["diverged"] else "interrupted" if stopper.received else "finished"
