@@ -280,7 +280,7 @@ class TextDataModule(pl.LightningDataModule):
         they divide evenly, else every rank reads all of them (the default eval_batch_size=1: one
         stream) and the model counts rank 0's sums alone."""
         trainer = self.trainer
-        if trainer is None or trainer.world_size == 1:
+        if getattr(trainer, "world_size", 1) == 1:  # no trainer, or one process
             return 0, 1
         rows = self.batch_size if split == "train" else self.eval_batch_size or self.batch_size
         if split != "train" and rows % trainer.world_size:
