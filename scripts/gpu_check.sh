@@ -57,7 +57,8 @@ tail -n 15 "$OUT_DIR/bench.log"
 
 # 3. DDP scaling over the machine's GPUs, global batch 256
 d=1
-while (( d <= NGPU || (d == 2 && -n "${SMOKE:-}") )); do
+MAXD=$([[ -n "${SMOKE:-}" ]] && echo 2 || echo "$NGPU")  # the smoke run: 1 and 2 CPU ranks
+while (( d <= MAXD )); do
   dir=$OUT_DIR/ddp_$d
   timeout 120 $PY scripts/train.py "${DDP[@]}" trainer.devices=$d "${TINY[@]}" \
     data.batch_size=256 trainer.max_epochs=2 test=false callbacks.sample_text.every_n_epochs=0 \

@@ -68,7 +68,7 @@ def world_size(trainer: DictConfig) -> int:
     return devices_per_node(trainer) * int(trainer.get("num_nodes", 1) or 1)
 
 
-def _is_ddp(trainer: DictConfig) -> bool:
+def is_ddp(trainer: DictConfig) -> bool:
     strategy = trainer.get("strategy")
     name = strategy.get("_target_", "") if isinstance(strategy, DictConfig) else str(strategy)
     return "ddp" in name.lower()
@@ -92,7 +92,7 @@ def check_distributed(cfg: DictConfig) -> None:
                           f"{have} {kind}; use trainer.devices={min(max(per_node, 1), have)}")
     world = world_size(trainer)
     if world == 1:
-        if _is_ddp(trainer):
+        if is_ddp(trainer):
             log.warning("trainer=ddp with trainer.devices=1 and trainer.num_nodes=1 runs one "
                         "process; set trainer.devices=N for N ranks, or use trainer=cpu/gpu")
         return

@@ -29,7 +29,14 @@ from pytorch_lightning.callbacks import RichProgressBar, Timer
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from rnnlab.cli import build, save_config
-from rnnlab.distributed import agree_on_signal, devices_per_node, end_job, env_rank, pack_gpu
+from rnnlab.distributed import (
+    agree_on_signal,
+    devices_per_node,
+    end_job,
+    env_rank,
+    is_ddp,
+    pack_gpu,
+)
 from rnnlab.evaluation import evaluate_dynamic
 from rnnlab.mixture import evaluate_mixture
 from rnnlab.monitor import TrainingMonitor
@@ -202,7 +209,8 @@ def _fit_and_test(cfg: DictConfig, out_dir: Path, summary: dict, rank0: bool = T
         save_config(cfg, out_dir)
     log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
     torch.set_num_threads(torch_threads(cfg))
-    if devices_per_node(cfg.trainer) > 1:  # Lightning's DDP launcher then keeps it as it is
+    if is_ddp(cfg.trainer) or devices_per_node(cfg.trainer) > 1:  # else Lightning's DDP
+        # launcher sets cores // processes threads, whatever torch_threads said
         os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
     summary["torch_threads"] = torch.get_num_threads()
     keep_freed_memory()
