@@ -173,9 +173,11 @@ class LanguageModel(pl.LightningModule):
         self.score.add(*self._loss(batch, carry=True))
 
     def _eval_end(self, split: str) -> None:
-        dm = getattr(self.trainer, "datamodule", None)
-        replicated = dm is not None and dm.rows(split)[1] < self.trainer.world_size
-        self.score.reduce(self.trainer.strategy, replicated, self.trainer.global_rank)
+        trainer = self._trainer
+        if trainer is not None:
+            dm = getattr(trainer, "datamodule", None)
+            replicated = dm is not None and dm.rows(split)[1] < trainer.world_size
+            self.score.reduce(trainer.strategy, replicated, trainer.global_rank)
         if self.score.tokens:  # the same value on every rank: sync_dist's mean leaves it as is
             self.log(f"{split}/ppl", self.score.perplexity(), prog_bar=True, sync_dist=True)
         self._state = getattr(self, "_train_state", None)
