@@ -13,6 +13,10 @@ window length. Both sampling strategies and all three BPTT window modes are plan
 - windows `regular` (all `num_steps`), `randomized` (lengths drawn around `num_steps`, mean exactly
   `num_steps`), `full` (one window per stream: the whole stream).
 The number of minibatches is the same every epoch, so Lightning's progress and checkpoints agree.
+
+Under DDP every rank draws the same plan and takes its own contiguous block of rows of every
+minibatch (`shard`): the global minibatch is still `batch_size` rows, and with sequential
+partitioning a rank's rows continue exactly where its previous rows stopped.
 """
 
 from __future__ import annotations
@@ -92,6 +96,12 @@ def plan_epoch(
     raise ValueError(f"data.sampling={sampling!r} is unknown; use one of {list(SAMPLING)}")
 
 
+def shard(w: Window, rank: int, world_size: int) -> Window:
+    """Rank `rank`'s contiguous block of a minibatch's rows (the rows must divide evenly)."""
+    rows = len(w.starts) // world_size
+    return Window(w.starts[rank * rows : (rank + 1) * rows], w.length)
+
+
 def eval_plan(num_tokens: int, batch_size: int, num_steps: int) -> list[Window]:
     """Deterministic sequential windows from offset 0: evaluation covers the whole split."""
     stream = (num_tokens - 1) // batch_size
@@ -105,9 +115,11 @@ def eval_plan(num_tokens: int, batch_size: int, num_steps: int) -> list[Window]:
 class PlanSampler(Sampler):
     """Yields an epoch's Windows; Lightning calls `set_epoch`, which reshuffles from the seed."""
 
-    def __init__(self, num_tokens, batch_size, num_steps, sampling, windows, seed, train=True):
+    def __init__(self, num_tokens, batch_size, num_steps, sampling, windows, seed, train=True,
+                 rank: int = 0, world_size: int = 1):
         self.args = (num_tokens, batch_size, num_steps, sampling, windows)
         self.seed, self.train, self.epoch = seed, train, 0
+        self.rank, self.world_size = rank, world_size  # this rank's block of every minibatch
         self.skip = 0  # windows to skip once, when resuming in the middle of an epoch
         self.consumed = 0  # windows of this epoch the training loop has taken
 
@@ -124,7 +136,8 @@ class PlanSampler(Sampler):
     def __iter__(self):
         # a generator: the plan is drawn at the first batch, after Lightning's set_epoch
         plan, self.consumed, self.skip = self.plan()[self.skip :], self.skip, 0
-        yield from plan
+        for w in plan:
+            yield shard(w, self.rank, self.world_size) if self.world_size > 1 else w
 
     def __len__(self) -> int:
         return len(self.plan())
@@ -240,8 +253,10 @@ class TextDataModule(pl.LightningDataModule):
         train = split == "train"
         batch_size = self.batch_size if train else self.eval_batch_size or self.batch_size
         num_steps = self.num_steps if train else self.eval_num_steps
+        rank, world = self.rows(split)
         sampler = PlanSampler(len(self.corpus[split]), batch_size, num_steps,
-                              self.sampling, self.windows, self.seed, train=train)
+                              self.sampling, self.windows, self.seed, train=train,
+                              rank=rank, world_size=world)
         if split == "train":
             self.train_sampler = sampler
             if self._resume is not None:  # continue the interrupted epoch's plan where it stopped
@@ -258,6 +273,19 @@ class TextDataModule(pl.LightningDataModule):
                           persistent_workers=self.num_workers > 0,
                           multiprocessing_context="fork" if self.num_workers > 0 and
                           os.name == "posix" else None)
+
+    def rows(self, split: str) -> tuple[int, int]:
+        """(rank, world size) the split's minibatches are sharded over. Training rows always are
+        (validation refuses a batch size the world size does not divide); held-out rows only when
+        they divide evenly, else every rank reads all of them (the default eval_batch_size=1: one
+        stream) and the model counts rank 0's sums alone."""
+        trainer = self.trainer
+        if getattr(trainer, "world_size", 1) == 1:  # no trainer, or one process
+            return 0, 1
+        rows = self.batch_size if split == "train" else self.eval_batch_size or self.batch_size
+        if split != "train" and rows % trainer.world_size:
+            return 0, 1
+        return trainer.global_rank, trainer.world_size
 
     def _pin(self) -> bool:
         """Pinned batches on a GPU: a copy from pageable memory first waits for the GPU to finish

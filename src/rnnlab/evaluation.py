@@ -5,6 +5,7 @@
         logits, state = model(X, state)
         score.add(F.cross_entropy(logits, Y.T.reshape(-1)), Y.numel())
     score.perplexity()                         # exp(summed token loss / tokens), over the split
+    score.reduce(trainer.strategy)             # under DDP: the sums of every rank's rows
 
     log_probs = stream_log_probs(model, ids)   # (L-1, V): the split as one stream, for mixtures
     result, log_probs = evaluate_dynamic(model, corpus, lr=[1e-3, 3e-3], decay=[0.0], window=64)
@@ -55,6 +56,15 @@ class HeldOutScore:
 
     def perplexity(self) -> torch.Tensor:
         return torch.exp(self.loss_sum / self.tokens)
+
+    def reduce(self, strategy, replicated: bool = False, rank: int = 0) -> None:
+        """Sum the loss sums and token counts of all ranks (a Lightning strategy's all-reduce; a
+        no-op on one device), so every rank holds the whole split's score. `replicated`: every
+        rank read all of the split, so only rank 0's sums count."""
+        counted = not replicated or rank == 0
+        sums = torch.stack([self.loss_sum, self.loss_sum.new_tensor(float(self.tokens))])
+        sums = strategy.reduce(sums * counted, reduce_op="sum")
+        self.loss_sum, self.tokens = sums[0], int(sums[1])
 
 
 @torch.no_grad()

@@ -12,6 +12,11 @@ across minibatches and detached (so the window is the truncation point); with ra
 each minibatch starts from zeros. It is reset at every epoch start and before validation and
 test, and training's carried state is put back after a validation. Statistics and the divergence
 guard live in `rnnlab.monitor`, held-out sums in `rnnlab.evaluation`.
+
+Under DDP (`rnnlab.distributed`) each rank holds a block of the minibatch's rows and their carried
+state; dropout masks are drawn for the whole global batch on every rank (same seed, same draws)
+and each rank keeps its rows, and checkpoints hold the state of all rows, so a run is the same
+as one process and resumes on any world size that divides the batch.
 """
 
 from __future__ import annotations
@@ -84,6 +89,7 @@ class LanguageModel(pl.LightningModule):
         self.token, self.preprocess = "char", "letters"  # how text becomes tokens (generation)
         self.run_config: dict | None = None  # the resolved Hydra config, saved into checkpoints
         self.grad_norm: torch.Tensor | None = None  # this step's, when a TrainingMonitor has it
+        self.rows = (0, 1)  # (rank, world size): this process's block of every minibatch
         self._state: State | None = None
 
     # ---- the network --------------------------------------------------------------------------
@@ -106,13 +112,16 @@ class LanguageModel(pl.LightningModule):
         """Dropout on (T, B, F); locked (variational) dropout keeps one mask for all steps."""
         if not self.training or not self.dropout:
             return x
-        if not self.locked_dropout:
-            return F.dropout(x, self.dropout, True)
-        mask = x.new_empty(1, *x.shape[1:]).bernoulli_(1 - self.dropout) / (1 - self.dropout)
-        return x * mask
+        # the global batch's mask, this rank's rows of it: under DDP every rank draws what one
+        # process draws (F.dropout's draws could not be split by rows)
+        rank, world = self.rows
+        T, B = 1 if self.locked_dropout else x.shape[0], x.shape[1]
+        mask = x.new_empty(T, B * world, *x.shape[2:]).bernoulli_(1 - self.dropout)
+        return x * (mask[:, rank * B : (rank + 1) * B] / (1 - self.dropout))
 
     # ---- loss and hidden-state policy ---------------------------------------------------------
     def setup(self, stage: str) -> None:
+        self.rows = (self.trainer.global_rank, self.trainer.world_size)
         dm = getattr(self.trainer, "datamodule", None)
         if dm is not None:
             self.carry_state = dm.sampling == "sequential"
@@ -164,8 +173,13 @@ class LanguageModel(pl.LightningModule):
         self.score.add(*self._loss(batch, carry=True))
 
     def _eval_end(self, split: str) -> None:
-        if self.score.tokens:
-            self.log(f"{split}/ppl", self.score.perplexity(), prog_bar=True)
+        trainer = self._trainer
+        if trainer is not None:
+            dm = getattr(trainer, "datamodule", None)
+            replicated = dm is not None and dm.rows(split)[1] < trainer.world_size
+            self.score.reduce(trainer.strategy, replicated, trainer.global_rank)
+        if self.score.tokens:  # the same value on every rank: sync_dist's mean leaves it as is
+            self.log(f"{split}/ppl", self.score.perplexity(), prog_bar=True, sync_dist=True)
         self._state = getattr(self, "_train_state", None)
 
     def on_validation_epoch_start(self) -> None:
@@ -209,14 +223,28 @@ class LanguageModel(pl.LightningModule):
         # what an interrupted epoch needs to go on exactly: the carried hidden state and the
         # random streams (dropout, randomized truncation)
         checkpoint["epoch_state"] = {
-            "state": self._state, "rng": torch.get_rng_state(),
+            "state": self._all_rows(self._state), "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state(self.device)
             if self.device.type == "cuda" else None}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         epoch = checkpoint.get("epoch_state")
         if epoch:
-            self._state = epoch["state"]
+            self._state = self._my_rows(epoch["state"])
             torch.set_rng_state(epoch["rng"])
             if epoch["cuda_rng"] is not None and torch.cuda.is_available():
                 torch.cuda.set_rng_state(epoch["cuda_rng"])
+
+    # under DDP a checkpoint holds every row's carried state (rank 0 writes it): gathered on save,
+    # each rank's block taken on load, so a run resumes on any world size that divides the batch
+    def _all_rows(self, state: State | None) -> State | None:
+        if state is None or self._trainer is None or self.trainer.world_size == 1:
+            return state
+        return tuple(torch.cat(self.all_gather(s).unbind(0), dim=-2) for s in state)
+
+    def _my_rows(self, state: State | None) -> State | None:
+        if state is None or self._trainer is None or self.trainer.world_size == 1:
+            return state
+        rank, world = self.trainer.global_rank, self.trainer.world_size
+        rows = state[0].shape[-2] // world
+        return tuple(s.narrow(-2, rank * rows, rows).clone() for s in state)

@@ -16,6 +16,14 @@ are reduced when read (at logging steps, epoch ends and checkpoints). The guard:
 - on a GPU a fused optimizer (`fused=True`, the default there) skips a non-finite step itself
   through its `found_inf` input, and the step is reported at the next logging step; any other
   optimizer is checked at every step, one device sync each.
+
+Under DDP (`trainer.world_size` > 1) gradients are averaged before any of this sees them, so the
+norms, clipping and the gradient guard agree on every rank; what is per rank is reduced:
+- a loss overflow on any rank skips the step on all (one all-reduce of a flag per checked step);
+- `train/ppl_epoch` and `train/tokens_per_s_epoch` are over every rank's rows (summed at the
+  epoch end and in checkpoints, which hold the sums of all ranks);
+- the per-step `train/ppl` is rank 0's rows only (a logged sample, not reduced), and the per-step
+  `train/tokens_per_s` is rank 0's rate times the world size (ranks step in lockstep).
 """
 
 from __future__ import annotations
@@ -103,6 +111,12 @@ class TrainingMonitor(pl.Callback):
             self.diverge(f"loss is {loss.item():.4g}, perplexity overflows")
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if getattr(trainer, "world_size", 1) > 1 and self._check_now(trainer, pl_module):
+            # one rank's overflowed loss skips the step on every rank, or the replicas part ways
+            anywhere = trainer.strategy.reduce_boolean_decision(self.diverged_at is not None,
+                                                                all=False)
+            if anywhere and self.diverged_at is None:
+                self.diverge("the loss overflowed on another rank")
         grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
         if self.diverged_at is None and grads:
             self._record_grads(trainer, pl_module, optimizer, grads)
@@ -170,7 +184,8 @@ class TrainingMonitor(pl.Callback):
         self._losses.append((loss, n))
         if self._logging_step(trainer):
             pl_module.log("train/ppl", torch.exp(loss), prog_bar=True)
-            pl_module.log("train/tokens_per_s", n / max(now - self._step_t0, 1e-9))
+            pl_module.log("train/tokens_per_s", n * getattr(trainer, "world_size", 1)
+                          / max(now - self._step_t0, 1e-9))
         self._step_t0 = now
 
     def epoch_loss(self) -> tuple[float, int]:
@@ -185,7 +200,7 @@ class TrainingMonitor(pl.Callback):
     def epoch_stats(self) -> dict[str, float]:
         """This epoch so far: token-weighted train perplexity and training tokens/s (the time
         spent in training steps, validation excluded), and the fraction of steps clipped."""
-        loss_sum, tokens = self.epoch_loss()
+        loss_sum, tokens = self.across_ranks(*self.epoch_loss())
         if not tokens:
             return {}
         self.fold_norms()
@@ -194,6 +209,16 @@ class TrainingMonitor(pl.Callback):
         if self.trainer.gradient_clip_val and self.epoch_steps:
             stats["train/clipped"] = self.epoch_clipped / self.epoch_steps
         return stats
+
+    def across_ranks(self, loss_sum: float, tokens: int) -> tuple[float, int]:
+        """Under DDP, the sums over every rank's rows (one all-reduce); otherwise as given."""
+        trainer = self.trainer
+        if getattr(trainer, "world_size", 1) == 1:
+            return loss_sum, tokens
+        sums = torch.tensor([loss_sum, float(tokens)], dtype=torch.float64,
+                            device=trainer.strategy.root_device)
+        sums = trainer.strategy.reduce(sums, reduce_op="sum")
+        return float(sums[0]), int(sums[1])
 
     def run_stats(self) -> dict:
         """Totals over the whole run for summary.json (one sync, at the end)."""
@@ -212,8 +237,8 @@ class TrainingMonitor(pl.Callback):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         stats = self.epoch_stats()
-        for key, value in stats.items():
-            pl_module.log(key, value)
+        for key, value in stats.items():  # equal on every rank: sync_dist's mean keeps them
+            pl_module.log(key, value, sync_dist=True)
         val = trainer.callback_metrics.get("val/ppl")  # one plain line, readable without a tty
         log.info("epoch %d/%d  train/ppl %.3f  val/ppl %.3f  tokens/s %.0f",
                  trainer.current_epoch + 1, trainer.max_epochs or -1,
@@ -224,7 +249,7 @@ class TrainingMonitor(pl.Callback):
     # ---- checkpoints: what an interrupted epoch needs to go on exactly --------------------------
     def state_dict(self) -> dict:
         self.fold_norms()
-        loss_sum, tokens = self.epoch_loss()
+        loss_sum, tokens = self.across_ranks(*self.epoch_loss())  # every rank calls this
         return {"steps_seen": self.steps_seen, "clipped_steps": self.clipped_steps,
                 "max_grad_norm": self.max_grad_norm, "loss_sum": loss_sum, "tokens": tokens,
                 "clipped": self.epoch_clipped, "steps": self.epoch_steps,
@@ -236,6 +261,8 @@ class TrainingMonitor(pl.Callback):
         self.clipped_steps = int(state.get("clipped_steps", 0))
         self.max_grad_norm = float(state.get("max_grad_norm", 0.0))
         self.loss_sum, self.tokens = float(state.get("loss_sum", 0.0)), state.get("tokens", 0)
+        if getattr(self.trainer, "global_rank", 0) > 0:  # the sums are all ranks': counted once
+            self.loss_sum, self.tokens = 0.0, 0
         self.epoch_clipped, self.epoch_steps = state.get("clipped", 0), state.get("steps", 0)
         self.train_time = state.get("train_time", 0.0)
         self._losses, self._norms = [], []

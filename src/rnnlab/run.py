@@ -24,11 +24,20 @@ import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from lightning_fabric.utilities.seed import reset_seed
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import RichProgressBar, Timer
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from rnnlab.cli import build, save_config
+from rnnlab.distributed import (
+    agree_on_signal,
+    devices_per_node,
+    end_job,
+    env_rank,
+    is_ddp,
+    pack_gpu,
+)
 from rnnlab.evaluation import evaluate_dynamic
 from rnnlab.gradient_callback import GradientsThroughTime
 from rnnlab.mixture import evaluate_mixture
@@ -101,6 +110,7 @@ class StopOnSignal(pl.Callback):
             self._requeue(signal.Signals[self.received].value, None)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.received = agree_on_signal(trainer, self.received)  # DDP: all ranks stop together
         if self.received is not None:
             trainer.save_checkpoint(self.ckpt_dir / "last.ckpt")
             raise Interrupted(self.received)
@@ -118,7 +128,8 @@ def torch_threads(cfg: DictConfig) -> int:
     cores = os.cpu_count() or 1
     if n_jobs:
         return max(1, cores // (cores if n_jobs < 0 else n_jobs))
-    return torch.get_num_threads()
+    ranks = devices_per_node(cfg.trainer)  # DDP processes on this machine share its cores
+    return max(1, cores // ranks) if ranks > 1 else torch.get_num_threads()
 
 
 def keep_freed_memory() -> bool:
@@ -180,17 +191,20 @@ def train(cfg: DictConfig) -> float:
     earlier = read_summary(out_dir) if _multirun() and not cfg.get("ckpt_path") else None
     if earlier is not None and (done := previous_run(cfg, out_dir, earlier)) is not None:
         return done
+    rank0 = env_rank(cfg.trainer) == 0  # under DDP only rank 0 writes summary.json/config.yaml
     summary: dict = {"status": "running", "overrides": _overrides(), "run_dir": str(out_dir),
                      "model": cfg.model.core.get("kind", "rnn_scratch"), "bptt": cfg.bptt.mode,
                      "sampling": cfg.data.sampling, "seed": cfg.seed, "diverged": False}
     path = out_dir / "summary.json"
     # a resume that is refused must leave the run it names as it was
     previous = path.read_text() if cfg.get("ckpt_path") and path.is_file() else None
-    write_summary(out_dir, summary)
+    if rank0:
+        write_summary(out_dir, summary)
     started = time.time()
     try:
         validate_config(cfg)
-        stopper = _fit_and_test(cfg, out_dir, summary)
+        pack_gpu(cfg)
+        stopper = _fit_and_test(cfg, out_dir, summary, rank0)
         carry_over(summary, earlier if cfg.get("ckpt_path") else None)
     except (KeyboardInterrupt, SystemExit) as e:  # stopped (a second Ctrl-C, a requeue): not failed
         summary.update(status="interrupted", error=f"{type(e).__name__}: {e}")
@@ -202,15 +216,18 @@ def train(cfg: DictConfig) -> float:
         raise
     finally:
         summary["wall_time_s"] = round(time.time() - started, 2)
-        if previous is not None and summary["status"] == "failed":
+        if rank0 and previous is not None and summary["status"] == "failed":
             path.write_text(previous)
-        else:
+        elif rank0:
             write_summary(out_dir, summary)
+        end_job()  # DDP: the ranks this job started are done; the next job starts its own
         failed = summary["status"] == "failed"  # then the error line says it (log file: both)
         log.log(logging.DEBUG if failed else logging.INFO, "summary: %s", json.dumps(
             {k: v for k, v in summary.items() if k not in ("overrides", "checkpoints")
              and not k.startswith("grad_g_")}))
-    if stopper.received:  # stop here, and stop a sweep too: the user asked for it
+    # stop here, and stop a sweep too: the user asked for it. Ranks > 0 exit 0: Lightning's
+    # observer kills every process when a child exits with an error, rank 0's summary included
+    if stopper.received and rank0:
         stopper.hand_over()  # a cluster's time-limit signal: submitit requeues the job (exits)
         raise SystemExit(128 + signal.Signals[stopper.received].value)
     return objective(summary)
@@ -229,8 +246,12 @@ def _run_dir(cfg: DictConfig) -> Path:
     return out_dir
 
 
-def _fit_and_test(cfg: DictConfig, out_dir: Path, summary: dict) -> StopOnSignal:
+def _fit_and_test(cfg: DictConfig, out_dir: Path, summary: dict, rank0: bool = True
+                  ) -> StopOnSignal:
     torch.set_num_threads(torch_threads(cfg))
+    if is_ddp(cfg.trainer) or devices_per_node(cfg.trainer) > 1:  # else Lightning's DDP
+        # launcher sets cores // processes threads, whatever torch_threads said
+        os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
     summary["torch_threads"] = torch.get_num_threads()
     keep_freed_memory()
     pl.seed_everything(cfg.seed, workers=True)
@@ -243,7 +264,8 @@ def _fit_and_test(cfg: DictConfig, out_dir: Path, summary: dict) -> StopOnSignal
     model.run_config = OmegaConf.to_container(cfg, resolve=True)
     if cfg.get("ckpt_path"):
         check_resume_checkpoint(Path(cfg.ckpt_path), model, dm.vocab)
-    save_config(cfg, out_dir)  # and into the log file (the console too with print_config=true)
+    if rank0:  # and into the log file (the console too with print_config=true)
+        save_config(cfg, out_dir)
     ckpt_dir = out_dir / "checkpoints"
     stopper, monitor = StopOnSignal(ckpt_dir), TrainingMonitor()
     # the monitor first: its statistics take in the step the stopper then checkpoints
@@ -263,6 +285,7 @@ def _fit_and_test(cfg: DictConfig, out_dir: Path, summary: dict) -> StopOnSignal
 
     if cfg.get("train", True):
         with contextlib.suppress(Interrupted):  # last.ckpt is saved; the summary says so
+            reset_seed()  # what Lightning's DDP does after the model is built: same dropout draws
             trainer.fit(model, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
     for probe in (c for c in callbacks if isinstance(c, GradientsThroughTime)):
         record(**probe.summary())  # the last gradients-through-time probe (grad_*)
@@ -275,11 +298,13 @@ def _fit_and_test(cfg: DictConfig, out_dir: Path, summary: dict) -> StopOnSignal
            tokens_per_s=_metric(trainer, "train/tokens_per_s_epoch"),
            epochs=trainer.current_epoch, global_step=trainer.global_step,
            max_time_cut=max_time_cut(trainer))
-    if cfg.get("test", True) and status != "interrupted":
+    if cfg.get("test", True) and status != "interrupted":  # under DDP, on every rank
         best_path = ckpt_cb.best_model_path if ckpt_cb and ckpt_cb.best_model_path else None
         trainer.test(model, datamodule=dm, ckpt_path=best_path, weights_only=False)
         record(test_ppl=_metric(trainer, "test/ppl"), test_ckpt=best_path)
         extra, dynamic = {}, None
+        if not trainer.is_global_zero:  # what follows is one process's work
+            return stopper
         if cfg.get("eval") and cfg.eval.dynamic:  # the tested weights adapt to the text they score
             found, dynamic = evaluate_dynamic(model, dm.corpus, cfg.eval.lr, cfg.eval.decay,
                                               cfg.eval.window, cfg.eval.get("normalize", True))

@@ -66,6 +66,9 @@ def validate_config(cfg: DictConfig) -> None:
     if ckpt is not None and not Path(ckpt).is_file():
         raise ConfigError(f"ckpt_path={ckpt} does not exist; pass a run's "
                           f"checkpoints/last.ckpt, or ckpt_path=null to start fresh")
+    from rnnlab.distributed import check_distributed  # devices, world size (imports Lightning)
+
+    check_distributed(cfg)
 
 
 def _dynamic_eval(ev: DictConfig, cfg: DictConfig) -> None:
