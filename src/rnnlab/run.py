@@ -44,8 +44,12 @@ from rnnlab.mixture import evaluate_mixture
 from rnnlab.monitor import TrainingMonitor
 from rnnlab.resume import carry_over, objective, previous_run, read_summary
 from rnnlab.tblogger import RunLogger
-from rnnlab.validate import ConfigError, full_bptt_bytes, validate_config
-from rnnlab.vocab import Vocab
+from rnnlab.validate import (
+    ConfigError,
+    check_full_bptt_memory,
+    check_resume_checkpoint,
+    validate_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -331,40 +335,3 @@ def max_time_cut(trainer: pl.Trainer) -> bool:
                     trainer.global_step)
         return True
     return False
-
-
-def check_resume_checkpoint(path: Path, model: pl.LightningModule, vocab: Vocab) -> None:
-    """Refuse, with the reason, a checkpoint that is corrupt or from another model/vocabulary."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        theirs = ckpt["state_dict"]
-    except Exception as e:
-        raise ConfigError(f"ckpt_path={path} is corrupt or not a Lightning checkpoint "
-                          f"({type(e).__name__}: {e}); use another checkpoint of the run "
-                          f"(checkpoints/best*.ckpt) or ckpt_path=null") from e
-    if ckpt.get("vocab") and ckpt["vocab"]["idx_to_token"] != vocab.idx_to_token:
-        raise ConfigError(f"ckpt_path={path} was trained on another vocabulary "
-                          f"({len(ckpt['vocab']['idx_to_token'])} tokens, this data has "
-                          f"{len(vocab)}); resume with the data settings it was trained with")
-    mine = model.state_dict()
-    differ = sorted(k for k in set(mine) | set(theirs)
-                    if k not in mine or k not in theirs or mine[k].shape != theirs[k].shape)
-    if differ:
-        raise ConfigError(f"ckpt_path={path} belongs to another model (parameters differ: "
-                          f"{', '.join(differ[:4])}); resume with the model settings it was "
-                          f"trained with (see config.yaml beside its checkpoints/)")
-
-
-def check_full_bptt_memory(cfg: DictConfig, num_train_tokens: int, vocab_size: int) -> None:
-    core = cfg.model.core
-    gates = {"gru": 3, "lstm": 4}.get(core.get("kind"), 1)
-    need = full_bptt_bytes(cfg.data.batch_size, num_train_tokens // cfg.data.batch_size,
-                           core.num_hiddens, vocab_size, core.get("num_layers", 1), gates)
-    limit = cfg.bptt.get("max_memory_gb", 8) * 2**30
-    log.info("bptt=full: estimated activation memory %.2f GB (limit %.2f GB)", need / 2**30,
-             limit / 2**30)
-    if need > limit:
-        raise ConfigError(
-            f"bptt=full would keep about {need / 2**30:.1f} GB of activations, over "
-            f"bptt.max_memory_gb={limit / 2**30:g}; raise that limit, use data.max_tokens or a "
-            f"larger data.batch_size to shorten the streams, or bptt=regular")
