@@ -27,8 +27,8 @@ from torch import nn
 
 from rnnlab.cores import ScratchRNN, State, detach_state
 from rnnlab.evaluation import HeldOutScore
+from rnnlab.kernels import linear
 from rnnlab.monitor import global_grad_norm
-from rnnlab.onednn import linear
 
 log = logging.getLogger(__name__)
 

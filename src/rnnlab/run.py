@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import RichProgressBar, Timer
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
+from rnnlab import kernels
 from rnnlab.cli import build, save_config
 from rnnlab.evaluation import evaluate_dynamic
 from rnnlab.mixture import evaluate_mixture
@@ -163,6 +164,7 @@ def train(cfg: DictConfig) -> float:
         raise
     finally:
         summary["wall_time_s"] = round(time.time() - started, 2)
+        summary["kernels"] = kernels.made()  # the timed CPU kernel choices this run used
         write_summary(out_dir, summary)
         log.info("summary: %s", json.dumps({k: v for k, v in summary.items()
                                             if k not in ("overrides", "checkpoints")}))
@@ -191,6 +193,7 @@ def _fit_and_test(cfg: DictConfig, out_dir: Path, summary: dict) -> StopOnSignal
     log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
     torch.set_num_threads(torch_threads(cfg))
     summary["torch_threads"] = torch.get_num_threads()
+    kernels.configure(**cfg.get("kernels", {}))
     keep_freed_memory()
     pl.seed_everything(cfg.seed, workers=True)
     dm = build(cfg.data)
