@@ -88,6 +88,8 @@ def test_a_bad_choice_names_the_key_and_the_values(monkeypatch):
     with pytest.raises(ValueError, match=r"kernels.tanh='fast' is unknown; use one of "
                                          r"\['auto', 'tanh', 'sigmoid'\]"):
         kernels.configure(tanh="fast")
+    with pytest.raises(ValueError, match=r"kernels.gemm is unknown; the choices are \['tanh', "):
+        kernels.configure(gemm="torch")
     monkeypatch.setattr(onednn, "AVAILABLE", False)
     with pytest.raises(ValueError, match="kernels.linear=onednn: this torch is built without"):
         kernels.configure(linear="onednn")
@@ -144,3 +146,10 @@ def test_recurrence_gradcheck_with_forced_sigmoid():
     W = (torch.randn(4, 4, dtype=torch.float64) * 0.5).requires_grad_()
     with kernels.forced(tanh="sigmoid"):
         assert torch.autograd.gradcheck(TanhRecurrence.apply, (xw, h0, W))
+
+
+def test_forced_choices_are_reported_as_forced():
+    with kernels.forced(tanh="sigmoid"):
+        kernels.tanh_via_sigmoid(torch.randn(2, 3))
+        assert kernels.made()[f"tanh 2x3 float32 {torch.get_num_threads()} thread"
+                              f"{'s' * (torch.get_num_threads() > 1)}"] == "sigmoid (forced)"

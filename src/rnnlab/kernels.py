@@ -7,6 +7,7 @@
     logits = kernels.linear(outputs, head.weight, head.bias)
     with kernels.forced(tanh="sigmoid", matmul="onednn"): ...  # tests and benchmarks
     kernels.made()      # {"matmul 32x512x512 float32 1 thread": "torch", ...}, also logged
+    kernels.resolve_precision("auto", "cpu")  # "bf16-mixed" on a CPU with AMX or AVX512-BF16
 
 Which kernel is faster differs by CPU: torch's tanh costs 3.5 ns per element on an AMD EPYC and
 0.59 ns on an Intel Xeon with AVX-512 (sigmoid 0.5 and 0.81), and oneDNN's products beat MKL's
@@ -37,21 +38,25 @@ CANDIDATES = {"tanh": ("tanh", "sigmoid"), "matmul": ("torch", "onednn"),
 MARGIN = 0.97  # a candidate replaces the plain path only if it takes < 97% of its time
 
 _settings = {name: "auto" for name in CANDIDATES}
-_cache: dict[tuple, tuple[str, str]] = {}  # (choice, label) per shape, dtype and threads
+_cache: dict[tuple, str] = {}  # the choice per shape, dtype and thread count
 _made: dict[str, str] = {}
 
 
-def configure(tanh: str = "auto", matmul: str = "auto", linear: str = "auto") -> None:
-    """Set each choice to `auto` (timed) or force one of its candidates; `made()` starts over
-    (the timings cached in this process are kept)."""
-    for name, value in (("tanh", tanh), ("matmul", matmul), ("linear", linear)):
+def configure(**choices: str) -> None:
+    """Set each choice (tanh, matmul, linear) to `auto` (timed; the default for any not given)
+    or force one of its candidates. `made()` starts over; timings cached in this process stay."""
+    for name in choices:
+        if name not in CANDIDATES:
+            raise ValueError(f"kernels.{name} is unknown; the choices are {list(CANDIDATES)}")
+    for name in CANDIDATES:
+        value = choices.get(name, "auto")
         if value != "auto" and value not in CANDIDATES[name]:
             raise ValueError(f"kernels.{name}={value!r} is unknown; use one of "
                              f"{['auto', *CANDIDATES[name]]}")
         if value == "onednn" and not onednn.AVAILABLE:
             raise ValueError(f"kernels.{name}=onednn: this torch is built without oneDNN; "
                              f"use auto or torch")
-        _settings[name] = value
+    _settings.update({name: choices.get(name, "auto") for name in CANDIDATES})
     _made.clear()
 
 
@@ -66,7 +71,7 @@ def forced(**choices: str) -> Iterator[None]:
 
 
 def made() -> dict[str, str]:
-    """The timed choices used since `configure` (summary.json, benchmarks)."""
+    """The choices used since `configure`, forced ones marked (summary.json, benchmarks)."""
     return dict(_made)
 
 
@@ -88,28 +93,29 @@ def _choose(name: str, shape: str, tensor: torch.Tensor,
             extra: dict[str, float] | None = None) -> str:
     """The forced candidate, the plain one where timing does not apply, or the cached or newly
     timed winner for this shape. `extra` adds one-off seconds per call (a weight reorder)."""
-    if _settings[name] != "auto":
-        return _settings[name]
-    plain = CANDIDATES[name][0]
-    if tensor.device.type != "cpu" or torch.compiler.is_compiling():
+    plain, setting = CANDIDATES[name][0], _settings[name]
+    if torch.compiler.is_compiling():
+        return setting if setting != "auto" else plain
+    threads = torch.get_num_threads()
+    label = (f"{name} {shape} {str(tensor.dtype).removeprefix('torch.')} "
+             f"{threads} thread{'s' * (threads > 1)}")
+    if setting != "auto":
+        _made[label] = f"{setting} (forced)"
+        return setting
+    if tensor.device.type != "cpu":
         return plain
-    key = (name, shape, tensor.dtype, torch.get_num_threads())
+    key = (name, shape, tensor.dtype, threads)
     if key not in _cache:
         with torch.no_grad():
             seconds = _time(candidates(), rounds)
         for other, s in (extra or {}).items():
             seconds[other] += s
         best = min(seconds, key=seconds.get)
-        choice = best if seconds[best] < MARGIN * seconds[plain] else plain
-        threads = torch.get_num_threads()
-        label = (f"{name} {shape} {str(tensor.dtype).removeprefix('torch.')} "
-                 f"{threads} thread{'s' * (threads > 1)}")
-        _cache[key] = choice, label
-        log.info("kernel choice: %s -> %s (%s)", label, choice,
+        _cache[key] = best if seconds[best] < MARGIN * seconds[plain] else plain
+        log.info("kernel choice: %s -> %s (%s)", label, _cache[key],
                  ", ".join(f"{n} {1e6 * s:.0f} us" for n, s in seconds.items()))
-    choice, label = _cache[key]
-    _made[label] = choice
-    return choice
+    _made[label] = _cache[key]
+    return _cache[key]
 
 
 def _random(*shape: int) -> torch.Tensor:
@@ -193,3 +199,21 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.T
     if _choose("linear", shape, x, candidates, rounds=3) == "onednn":
         return onednn.linear(x, weight, bias)
     return F.linear(x, weight, bias)
+
+
+# ---- precision --------------------------------------------------------------------------------
+def bf16_matrix_units() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AMX or AVX512-BF16), by torch's checks."""
+    try:
+        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    except AttributeError:  # a torch without these checks, or not an x86 build
+        return False
+
+
+def resolve_precision(precision: str | int, accelerator: str) -> str | int:
+    """`trainer.precision`: `auto` is bf16-mixed on a CPU with bf16 matrix units (float32 master
+    weights, loss and sums; products in bf16), 32-true elsewhere; other values pass through."""
+    if precision != "auto":
+        return precision
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    return "bf16-mixed" if on_cpu and bf16_matrix_units() else "32-true"

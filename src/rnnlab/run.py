@@ -189,6 +189,10 @@ def _run_dir(cfg: DictConfig) -> Path:
 
 
 def _fit_and_test(cfg: DictConfig, out_dir: Path, summary: dict) -> StopOnSignal:
+    with open_dict(cfg):  # auto: bf16-mixed on a CPU with bf16 matrix units
+        cfg.trainer.precision = kernels.resolve_precision(cfg.trainer.get("precision", "32-true"),
+                                                          cfg.trainer.get("accelerator", "auto"))
+    summary["precision"] = cfg.trainer.precision
     save_config(cfg, out_dir)
     log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
     torch.set_num_threads(torch_threads(cfg))
