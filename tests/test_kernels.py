@@ -153,3 +153,35 @@ def test_forced_choices_are_reported_as_forced():
         kernels.tanh_via_sigmoid(torch.randn(2, 3))
         assert kernels.made()[f"tanh 2x3 float32 {torch.get_num_threads()} thread"
                               f"{'s' * (torch.get_num_threads() > 1)}"] == "sigmoid (forced)"
+
+
+def test_precision_auto_is_bf16_only_on_a_cpu_with_bf16_matrix_units(monkeypatch):
+    monkeypatch.setattr(kernels, "bf16_matrix_units", lambda: True)
+    assert kernels.resolve_precision("auto", "cpu") == "bf16-mixed"
+    assert kernels.resolve_precision("auto", "gpu") == "32-true"
+    assert kernels.resolve_precision("32-true", "cpu") == "32-true"
+    monkeypatch.setattr(kernels, "bf16_matrix_units", lambda: False)
+    assert kernels.resolve_precision("auto", "cpu") == "32-true"
+    assert kernels.resolve_precision("bf16-mixed", "cpu") == "bf16-mixed"
+
+
+def test_bf16_training_run_records_its_precision_and_learns(cfg_factory):
+    import json
+    from pathlib import Path
+
+    from rnnlab.run import train
+
+    cfg = cfg_factory("trainer.precision=bf16-mixed", "trainer.max_epochs=2")
+    best = train(cfg)
+    summary = json.loads((Path(cfg.paths.output_dir) / "summary.json").read_text())
+    assert summary["precision"] == "bf16-mixed" and summary["status"] == "finished"
+    assert 1 < best < 0.7 * V and summary["test_ppl"] < 0.7 * V  # learned: below uniform
+
+
+def test_presets_pin_float32_and_the_plain_kernels_while_the_default_is_auto(cfg_factory):
+    assert cfg_factory().trainer.precision == "auto"
+    assert all(v == "auto" for v in cfg_factory().kernels.values())
+    for preset in ("best", "book_rnn"):
+        cfg = cfg_factory(f"experiment={preset}")
+        assert cfg.trainer.precision == "32-true", preset  # the same numbers on a bf16 CPU
+        assert dict(cfg.kernels) == {"tanh": "tanh", "matmul": "torch", "linear": "torch"}
