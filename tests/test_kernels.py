@@ -117,7 +117,7 @@ def test_bf16_autocast_runs_the_recurrence_in_bf16_with_float32_results(matmul, 
                         real(W, *a, **k))
     out32, grads32 = scratch_run(False, tanh=tanh, matmul=matmul)
     cast.clear()
-    out16, grads16 = scratch_run(True, tanh=tanh, matmul=matmul)
+    out16, grads16 = scratch_run(True, tanh=tanh, matmul=matmul, recurrence_dtype="bfloat16")
     assert cast == [torch.bfloat16] * 2  # W_hh cast once forward and once backward, not per step
     assert out16.dtype == torch.float32 and all(g.dtype == torch.float32 for g in grads16)
     assert not torch.equal(out16, out32)  # the products did run in bf16
@@ -184,4 +184,13 @@ def test_presets_pin_float32_and_the_plain_kernels_while_the_default_is_auto(cfg
     for preset in ("best", "book_rnn"):
         cfg = cfg_factory(f"experiment={preset}")
         assert cfg.trainer.precision == "32-true", preset  # the same numbers on a bf16 CPU
-        assert dict(cfg.kernels) == {"tanh": "tanh", "matmul": "torch", "linear": "torch"}
+        assert dict(cfg.kernels) == {"tanh": "tanh", "matmul": "torch", "linear": "torch",
+                                     "recurrence_dtype": "float32"}
+
+
+def test_bf16_autocast_with_float32_recurrence_forced_gives_the_float32_numbers():
+    out32, grads32 = scratch_run(False, tanh="tanh", matmul="torch")
+    out, grads = scratch_run(True, tanh="tanh", matmul="torch", recurrence_dtype="float32")
+    torch.testing.assert_close(out, out32, rtol=1e-5, atol=1e-5)
+    for g, g32 in zip(grads, grads32, strict=True):
+        torch.testing.assert_close(g, g32, rtol=1e-5, atol=1e-5)

@@ -44,6 +44,7 @@ class TanhRecurrence(torch.autograd.Function):
         device = xw.device.type
         low = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else xw.dtype
         with torch.autocast(device, enabled=False):  # the casts below are made once, here
+            low = kernels.recurrence_dtype(h0, W_hh, low)
             sigmoid = kernels.tanh_via_sigmoid(xw[0])
             W = W_hh.to(low)
             plus_matmul = kernels.step_matmul(2 * W if sigmoid else W, B, steps=T)

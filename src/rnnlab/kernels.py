@@ -4,6 +4,7 @@
     kernels.configure(tanh="auto", matmul="auto", linear="auto")  # run.py, from cfg.kernels
     plus_matmul = kernels.step_matmul(W, rows=32, steps=35)  # (a, c, beta) -> beta c + a @ W
     use_sigmoid = kernels.tanh_via_sigmoid(z)                  # tanh(z) = 2 sigmoid(2z) - 1?
+    low = kernels.recurrence_dtype(h, W, torch.bfloat16)      # under autocast: bf16 steps pay?
     logits = kernels.linear(outputs, head.weight, head.bias)
     with kernels.forced(tanh="sigmoid", matmul="onednn"): ...  # tests and benchmarks
     kernels.made()      # {"matmul 32x512x512 float32 1 thread": "torch", ...}, also logged
@@ -34,7 +35,8 @@ from rnnlab import onednn
 log = logging.getLogger(__name__)
 
 CANDIDATES = {"tanh": ("tanh", "sigmoid"), "matmul": ("torch", "onednn"),
-              "linear": ("torch", "onednn")}  # the first of each is the plain torch path
+              "linear": ("torch", "onednn"), "recurrence_dtype": ("float32", "bfloat16")}
+# the first of each is the plain torch path
 MARGIN = 0.97  # a candidate replaces the plain path only if it takes < 97% of its time
 
 _settings = {name: "auto" for name in CANDIDATES}
@@ -43,8 +45,9 @@ _made: dict[str, str] = {}
 
 
 def configure(**choices: str) -> None:
-    """Set each choice (tanh, matmul, linear) to `auto` (timed; the default for any not given)
-    or force one of its candidates. `made()` starts over; timings cached in this process stay."""
+    """Set each choice (tanh, matmul, linear, recurrence_dtype) to `auto` (timed; the default
+    for any not given) or force one of its candidates. `made()` starts over; timings cached in
+    this process stay."""
     for name in choices:
         if name not in CANDIDATES:
             raise ValueError(f"kernels.{name} is unknown; the choices are {list(CANDIDATES)}")
@@ -173,6 +176,38 @@ def step_matmul(W: torch.Tensor, rows: int, steps: int = 1) -> Callable[..., tor
     if _choose("matmul", shape, W, candidates, extra=reorder) == "onednn":
         return onednn.step_matmul(W, rows)
     return _torch_step(W)
+
+
+def recurrence_dtype(h: torch.Tensor, W: torch.Tensor, low: torch.dtype) -> torch.dtype:
+    """`low` (autocast's bf16) or h's float32 for the recurrence's products: a bf16 step also
+    copies its state to bf16 and its product back, which a small product (evaluation reads one
+    stream, B = 1) does not pay for. Timed as a step forward and backward and its share of the
+    W_hh gradient, in each dtype."""
+    if low == h.dtype or not onednn.applies(h):
+        return low
+    rows, (K, N) = len(h), W.shape
+    out = torch.empty(rows, N)
+
+    def candidates():
+        a, c, W32 = _random(rows, K), _random(rows, N), W.detach().float()
+        a_low, W_low = a.to(low), W32.to(low)
+        step32, step_low = _torch_step(W32), _torch_step(W_low)
+
+        def float32():  # a step forward, one backward (alike), the step's share of dW_hh
+            for _ in range(2):
+                torch.tanh(step32(a, c), out=out)
+            return a.T @ out
+
+        def bfloat16():
+            for _ in range(2):
+                a_low.copy_(torch.tanh(step_low(a_low, c), out=out))
+            return a_low.T @ a_low
+
+        return {"float32": float32, "bfloat16": bfloat16}
+
+    shape = f"{rows}x{K}x{N}"
+    choice = _choose("recurrence_dtype", shape, h, candidates, rounds=7)
+    return low if choice == "bfloat16" else h.dtype
 
 
 def _bucket(n: int) -> int:
