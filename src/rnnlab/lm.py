@@ -161,7 +161,10 @@ class LanguageModel(pl.LightningModule):
         self.score = HeldOutScore(self.device)
 
     def _eval_step(self, batch) -> None:
-        self.score.add(*self._loss(batch, carry=True))
+        # float32 under bf16 training too: the same scores as the stream evaluations (dynamic,
+        # n-gram mix) of the same weights; one stream at batch 1 gains nothing from bf16
+        with torch.autocast(self.device.type, enabled=False):
+            self.score.add(*self._loss(batch, carry=True))
 
     def _eval_end(self, split: str) -> None:
         if self.score.tokens:
