@@ -4,19 +4,24 @@
     python scripts/bench.py --quick            # seconds: tiny sizes, checks the machinery
     python scripts/bench.py --device cuda      # the same on a GPU
     python scripts/bench.py --only train --batch-sizes 32 --threads 1
+    python scripts/bench.py --only train --precision 32-true --kernel tanh=sigmoid  # force one
 
 Throughput is tokens/s after warm-up, median (min-max) over repetitions, for
 - `book`: the book's loop written plainly (one-hot input, per-step output layer, hand clipping,
   a manual SGD update), kept here as the reference every ratio is taken against;
 - each model (`rnn_scratch` fast and book mode, `rnn`, `rnn` on nn.RNN's own CPU kernel, `gru`,
   `lstm`) through the real Lightning training step with logging on, and the same module in a
-  plain PyTorch loop, so the Lightning overhead is a ratio from the same run.
+  plain PyTorch loop, so the Lightning overhead is a ratio from the same run;
+- each model again in bf16 autocast (`+bf16` rows), by default where the CPU has bf16 matrix
+  units (AMX, AVX512-BF16); the book loop stays float32, the reference.
+It prints the CPU model and the kernel choices `rnnlab.kernels` timed (or was forced to make).
 Results go to stdout (a table) and to a JSON file (--out, default outputs/bench.json).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
@@ -37,6 +42,7 @@ import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from rnnlab import kernels  # noqa: E402
 from rnnlab.cores import ScratchRNN, TorchRNN  # noqa: E402
 from rnnlab.lm import LanguageModel, clip_grad_norm_book  # noqa: E402
 from rnnlab.run import keep_freed_memory  # noqa: E402
@@ -97,6 +103,7 @@ def bench_book(data, vocab: int, hidden: int, warmup: int, device: str) -> list[
 
 
 COMPILE_LABELS = {"default": "+compile", "reduce-overhead": "+cudagraphs"}
+PRECISION_LABELS = {"32-true": "", "bf16-mixed": "+bf16"}
 
 
 def make_model(name: str, vocab: int, hidden: int, compile_mode: str | None) -> LanguageModel:
@@ -121,7 +128,7 @@ class GraphSteps(pl.Callback):
 
 
 def bench_plain(model: LanguageModel, data, warmup: int, device: str,
-                graphs: bool = False) -> list[float]:
+                graphs: bool = False, precision: str = "32-true") -> list[float]:
     """The module's own forward/loss in a bare loop: what Lightning's overhead is measured on."""
     model.to(device).train()
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
@@ -130,7 +137,9 @@ def bench_plain(model: LanguageModel, data, warmup: int, device: str,
         t0 = time.perf_counter()
         if graphs:
             new_graph_step(model)
-        loss, _ = model._loss(batch, carry=True)
+        with torch.autocast(device.split(":")[0], dtype=torch.bfloat16,
+                            enabled=precision == "bf16-mixed"):  # as Lightning's plugin does
+            loss, _ = model._loss(batch, carry=True)
         loss.backward()
         if model.book_style:
             clip_grad_norm_book(list(model.parameters()), 1.0)
@@ -159,7 +168,7 @@ class StepTimer(pl.Callback):
 
 
 def bench_lightning(model: LanguageModel, data, warmup: int, device: str,
-                    graphs: bool = False) -> list[float]:
+                    graphs: bool = False, precision: str = "32-true") -> list[float]:
     """The real training step: Trainer, TensorBoard logging every 10 steps, clipping at 1."""
     timer = StepTimer(device)
     with tempfile.TemporaryDirectory() as tmp:
@@ -169,7 +178,7 @@ def bench_lightning(model: LanguageModel, data, warmup: int, device: str,
             logger=pl.loggers.TensorBoardLogger(tmp, name="tb", default_hp_metric=False),
             callbacks=[timer] + [GraphSteps()] * graphs, enable_checkpointing=False,
             enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-            num_sanity_val_steps=0)
+            num_sanity_val_steps=0, precision=precision)
         loader = torch.utils.data.DataLoader(data + data[-1:], batch_size=None, shuffle=False,
                                              pin_memory=device.startswith("cuda"))  # as train.py
         trainer.fit(model, train_dataloaders=loader)
@@ -202,18 +211,19 @@ def bench_training(args) -> list[dict]:
             dev_data = [(x.to(args.device), y.to(args.device)) for x, y in data]
             runs = {("book_reference", "plain"): partial(
                 bench_book, dev_data, vocab, args.hidden, args.warmup, args.device)}
-            for name in args.models:
+            for name, precision in itertools.product(args.models, args.precision):
                 modes = [None]
                 if args.compile and "scratch" in name:  # CUDA graphs only exist on a GPU
                     modes += ["default"] + ["reduce-overhead"] * args.device.startswith("cuda")
                 for mode in modes:
-                    label = name + COMPILE_LABELS.get(mode, "")
+                    label = name + COMPILE_LABELS.get(mode, "") + PRECISION_LABELS[precision]
                     for loop, fn, batches_ in (("plain", bench_plain, dev_data),
                                                ("lightning", bench_lightning, data)):
                         torch.manual_seed(0)  # one model per contender, trained on across rounds
                         model = make_model(name, vocab, args.hidden, mode)
                         runs[(label, loop)] = partial(fn, model, batches_, args.warmup,
-                                                      args.device, mode == "reduce-overhead")
+                                                      args.device, mode == "reduce-overhead",
+                                                      precision)
             rates = {key: [] for key in runs}
             for _ in range(args.reps):
                 for key, run in list(runs.items()):
@@ -318,6 +328,16 @@ def bench_startup(args) -> dict:
     return {"to_first_step_s": first, "two_step_run_s": total}
 
 
+def cpu_model() -> str:
+    """lscpu's "Model name" (the figure's CPU), or what Python knows without lscpu."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        return next(line.split(":", 1)[1].strip() for line in out.splitlines()
+                    if line.startswith("Model name:"))
+    except (OSError, subprocess.CalledProcessError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def main() -> None:
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -336,8 +356,14 @@ def main() -> None:
     p.add_argument("--data-mb", type=float, default=100)
     p.add_argument("--compile", action="store_true", help="also torch.compile the scratch cores "
                    "(and, on a GPU, as CUDA graphs)")
+    p.add_argument("--precision", nargs="+", choices=list(PRECISION_LABELS),
+                   default=["32-true"] + ["bf16-mixed"] * kernels.bf16_matrix_units(),
+                   help="bf16-mixed by default where the CPU has AMX or AVX512-BF16")
+    p.add_argument("--kernel", action="append", default=[], metavar="NAME=VALUE",
+                   help="force a kernel choice, e.g. tanh=sigmoid (rnnlab.kernels; default auto)")
     p.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench.json")
     args = p.parse_args()
+    kernels.configure(**dict(k.split("=", 1) for k in args.kernel))
     if args.quick:
         print("--quick: tiny sizes that check the machinery; its numbers mean nothing")
         args.batch_sizes, args.threads, args.hidden = [8], [1], 32
@@ -346,8 +372,12 @@ def main() -> None:
         args.threads = args.threads[:1]
     only = set(args.only or ["train", "data", "startup"])
     keep_freed_memory()  # as train.py does; every contender runs in this one process
-    result = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": platform.processor()
-              or platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__,
+    cpu = cpu_model()
+    print(f"CPU: {cpu} ({os.cpu_count()} cores; bf16 matrix units: "
+          f"{'yes' if kernels.bf16_matrix_units() else 'no'}), torch {torch.__version__}")
+    result = {"date": time.strftime("%Y-%m-%d %H:%M"), "cpu_model": cpu, "machine":
+              platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+              "bf16_matrix_units": kernels.bf16_matrix_units(), "torch": torch.__version__,
               "device": args.device, "gpu": torch.cuda.get_device_name(0)
               if args.device.startswith("cuda") else None,
               "settings": {k: v for k, v in vars(args).items() if k not in ("out", "only")}}
@@ -355,6 +385,10 @@ def main() -> None:
         print("training throughput (tokens/s):", flush=True)
         result["training"] = bench_training(args)
         result["ratios"] = ratios(result["training"])
+        result["kernels"] = kernels.made()
+        print("kernel choices (rnnlab.kernels):")
+        for label, choice in result["kernels"].items():
+            print(f"  {label}: {choice}")
         for r in result["ratios"]:
             over = r["lightning_overhead"]
             print(f"  {r['model']:18s} bs={r['batch_size']:<4d} threads={r['threads']}  "

@@ -20,6 +20,12 @@ def test_bench_quick_runs_and_writes_valid_json(tmp_path):
             ("rnn_scratch", "plain"), ("rnn", "lightning")} <= loops
     assert all(r["median"] > 0 and r["min"] <= r["median"] <= r["max"]
                for r in result["training"])
-    assert {r["model"] for r in result["ratios"]} == {"rnn_scratch", "rnn"}
+    bf16 = {"rnn_scratch+bf16", "rnn+bf16"} if result["bf16_matrix_units"] else set()
+    assert {r["model"] for r in result["ratios"]} == {"rnn_scratch", "rnn"} | bf16
+    assert result["cpu_model"] and result["cpu_model"] in proc.stdout  # which CPU a figure is from
+    chosen = {label.split()[0] for label in result["kernels"]}
+    assert {"tanh", "matmul", "linear"} <= chosen <= {"tanh", "matmul", "linear",
+                                                       "recurrence_dtype"}
+    assert all(label in proc.stdout for label in result["kernels"])
     assert {d["token"] for d in result["data"]} == {"char", "word"}
     assert all(d["tokens"] > 0 and d["peak_rss_gb"] > 0 for d in result["data"])

@@ -100,7 +100,10 @@ def test_clipping_logs_the_norm_before_clipping_and_the_clipped_fraction(cfg_fac
 
 
 def test_last_checkpoint_is_the_last_epoch_even_when_val_got_worse(cfg_factory):
-    cfg = cfg_factory("trainer.max_epochs=3", "model.optimizer.lr=30", "test=false")
+    # a chaotic run: kernels and precision pinned, as a timed choice changes the last bits
+    cfg = cfg_factory("trainer.max_epochs=3", "model.optimizer.lr=20", "test=false",
+                      "kernels.tanh=tanh", "kernels.matmul=torch", "kernels.linear=torch",
+                      "trainer.precision=32-true")
     train(cfg)
     s = summary_of(cfg)
     last = torch.load(s["checkpoints"]["last"], weights_only=False)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnlab.onednn import step_matmul
+from rnnlab import kernels
 
 State = tuple[torch.Tensor, ...]
 
@@ -26,43 +26,65 @@ class TanhRecurrence(torch.autograd.Function):
 
     Each step is one matrix product and a few elementwise ops on its result while that result
     (256 x 512 floats at most, 0.5 MB) is still in cache; a pass over all steps' (T, B, H)
-    tensors would read them back from memory. (On a GPU the product and the add are one addmm:
-    three kernels a step forward, two backward.) On a CPU torch's tanh costs about 3.5 ns per
-    element and its sigmoid 0.5 ns (on an AMD EPYC; an Intel Xeon with AVX-512 measured 0.59 and
-    0.81 ns, see docs/), so the nonlinearity is
-    tanh(z) = 2 sigmoid(2z) - 1, with 2 Z_t = 2 XW_t + H_{t-1} (2 W_hh).
+    tensors would read them back from memory. Which kernels run is measured (`rnnlab.kernels`):
+    tanh directly or as 2 sigmoid(2z) - 1 with 2 Z_t = 2 XW_t + H_{t-1} (2 W_hh) (torch's tanh
+    costs 3.5 ns per element and its sigmoid 0.5 on an AMD EPYC, 0.59 and 0.81 on an Intel Xeon),
+    and the product through MKL's addmm or a pre-reordered oneDNN weight.
     Backward: autograd would run two small matmuls per step (dH_{t-1} and dW_hh). Only the first
     is sequential: dZ_t = (dH_t + dZ_{t+1} W_hh^T) * (1 - H_t^2) is one product per step, and
     dW_hh = sum_t H_{t-1}^T dZ_t is one large matmul afterwards.
+    Under bf16 autocast the products run in bfloat16 (W_hh cast once per pass, a bf16 copy of
+    each H_t and dZ_t made as it is computed), while XW + product, tanh, H, dZ and the returned
+    gradients stay float32 (dW_hh is a bf16 product's result, as autocast's would be).
     """
 
     @staticmethod
     def forward(ctx, xw: torch.Tensor, h0: torch.Tensor, W_hh: torch.Tensor) -> torch.Tensor:
         T, B, H = xw.shape
-        plus_matmul = step_matmul(2 * W_hh, B)
-        minus_one = torch.full((), -1.0, dtype=xw.dtype, device=xw.device)
-        out = torch.empty(T + 1, B, H, dtype=xw.dtype, device=xw.device)
-        out[0] = h0
-        for t in range(T):
-            s = torch.sigmoid_(plus_matmul(out[t], xw[t], 2.0))
-            torch.add(minus_one, s, alpha=2, out=out[t + 1])
-        ctx.save_for_backward(out, W_hh)
+        device = xw.device.type
+        low = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else xw.dtype
+        with torch.autocast(device, enabled=False):  # the casts below are made once, here
+            low = kernels.recurrence_dtype(h0, W_hh, low)
+            sigmoid = kernels.tanh_via_sigmoid(xw[0])
+            W = W_hh.to(low)
+            plus_matmul = kernels.step_matmul(2 * W if sigmoid else W, B, steps=T)
+            beta = 2.0 if sigmoid else 1.0
+            minus_one = torch.full((), -1.0, dtype=xw.dtype, device=xw.device)
+            out = torch.empty(T + 1, B, H, dtype=xw.dtype, device=xw.device)
+            out[0] = h0
+            h_low = out if low == xw.dtype else torch.empty_like(out, dtype=low)
+            if h_low is not out:
+                h_low[0] = h0
+            for t in range(T):
+                z = plus_matmul(h_low[t], xw[t], beta)
+                if sigmoid:
+                    torch.add(minus_one, torch.sigmoid_(z), alpha=2, out=out[t + 1])
+                else:
+                    torch.tanh(z, out=out[t + 1])
+                if h_low is not out:
+                    h_low[t + 1].copy_(out[t + 1])
+        ctx.save_for_backward(out, h_low, W_hh)
         return out[1:]
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        out, W_hh = ctx.saved_tensors
+        out, h_low, W_hh = ctx.saved_tensors
         T, B, H = grad_out.shape
         h = out[1:]
-        plus_matmul = step_matmul(W_hh.T, B)
-        dZ = torch.empty_like(h)
-        dh = grad_out[T - 1]
-        for t in range(T - 1, -1, -1):
-            if t < T - 1:
-                dh = plus_matmul(dZ[t + 1], grad_out[t])
-            torch.ops.aten.tanh_backward(dh, h[t], grad_input=dZ[t])  # dh * (1 - h^2), one op
-        dh0 = dZ[0] @ W_hh.T if ctx.needs_input_grad[1] else None
-        dW = out[:-1].reshape(-1, H).T @ dZ.reshape(-1, H)
+        with torch.autocast(grad_out.device.type, enabled=False):
+            W = W_hh.to(h_low.dtype)
+            plus_matmul = kernels.step_matmul(W.T, B, steps=T)
+            dZ = torch.empty_like(h)
+            dZ_low = dZ if h_low is out else torch.empty_like(dZ, dtype=h_low.dtype)
+            dh = grad_out[T - 1]
+            for t in range(T - 1, -1, -1):
+                if t < T - 1:
+                    dh = plus_matmul(dZ_low[t + 1], grad_out[t])
+                torch.ops.aten.tanh_backward(dh, h[t], grad_input=dZ[t])  # dh * (1 - h^2)
+                if dZ_low is not dZ:
+                    dZ_low[t].copy_(dZ[t])
+            dh0 = (dZ_low[0] @ W.T).to(dZ.dtype) if ctx.needs_input_grad[1] else None
+            dW = (h_low[:-1].reshape(-1, H).T @ dZ_low.reshape(-1, H)).to(W_hh.dtype)
         return dZ, dh0, dW
 
 
@@ -109,7 +131,7 @@ class ScratchRNN(nn.Module):
         if self.training and self.keep_prob < 1.0:  # drawn on the CPU: no device sync per step
             keep = (torch.rand(len(inputs)) < self.keep_prob).tolist()
         if xw is not None and keep is None:
-            outputs = TanhRecurrence.apply(xw, H, self.W_hh)
+            outputs = TanhRecurrence.apply(xw.to(H.dtype), H, self.W_hh)  # float32 under autocast
             return outputs, (outputs[-1],)
         outputs = []
         for t in range(len(inputs)):
@@ -170,8 +192,7 @@ class TorchRNN(nn.Module):
             dropped = {f"weight_hh_l{i}": F.dropout(getattr(self.rnn, f"weight_hh_l{i}"),
                                                     self.weight_drop)
                        for i in range(self.num_layers)}
-        if (self.kind == "rnn" and self.cpu_kernel == "rnnlab" and inputs.device.type == "cpu"
-                and not torch.is_autocast_enabled("cpu")):
+        if self.kind == "rnn" and self.cpu_kernel == "rnnlab" and inputs.device.type == "cpu":
             return self._tanh_layers(inputs, state[0], dropped)
         if not inputs.is_floating_point():
             inputs = F.one_hot(inputs.long(), self.input_size).to(self.rnn.weight_hh_l0.dtype)
@@ -194,7 +215,7 @@ class TorchRNN(nn.Module):
                 xw = F.linear(x, W_ih, b_ih + b_hh)
             else:  # one-hot input: the product is a row lookup (biases added to the rows)
                 xw = F.embedding(x.long(), (W_ih.T + (b_ih + b_hh)).contiguous())
-            x = TanhRecurrence.apply(xw, h0[i], W_hh.T)
+            x = TanhRecurrence.apply(xw.to(h0.dtype), h0[i], W_hh.T)  # float32 under autocast
             last.append(x[-1])
             if self.training and self.rnn.dropout and i < self.num_layers - 1:
                 x = F.dropout(x, self.rnn.dropout)

@@ -5,7 +5,8 @@
 
 On an AMD EPYC (torch's MKL) oneDNN runs a (32..256 x 512) @ (512 x 512) product with
 a pre-reordered W 10-20% faster than addmm, and the (N x 512) @ (512 x 28) output layer and its
-input gradient 1.5-2x faster than F.linear (scripts/bench.py measures the effect on a whole step).
+input gradient 1.5-2x faster than F.linear; on an Intel Xeon (AVX-512, AMX) both lose to MKL in
+float32, which is why `rnnlab.kernels` times them against the plain torch ops before using them.
 Both fall back to plain torch ops off the CPU, for other dtypes, under torch.compile, and in builds
 without oneDNN.
 """
@@ -32,27 +33,30 @@ def _works() -> bool:
 AVAILABLE = _works()
 
 
-def _applies(*tensors: torch.Tensor) -> bool:
+def applies(*tensors: torch.Tensor, dtypes: tuple[torch.dtype, ...] = (torch.float32,)) -> bool:
+    """Whether these tensors can go through oneDNN here (and not through inductor's kernels)."""
     # under torch.compile inductor picks its own kernels: its lowering of these oneDNN ops only
     # takes weights frozen into the graph, not ones packed at every step (and it drops the alpha
     # of mm(...).add_(c, alpha), so the compiled path must be addmm)
-    return (AVAILABLE and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+    return (AVAILABLE and all(t.device.type == "cpu" and t.dtype in dtypes for t in tensors)
             and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling())
 
 
 def step_matmul(W: torch.Tensor, rows: int) -> Callable[..., torch.Tensor]:
     """`(a, c, beta=1) -> beta * c + a @ W` for a W that a loop multiplies by at every step,
-    `rows` = a's rows. The reorder (~0.3-0.5 ms on an AMD EPYC) pays for itself within a few
-    steps. The add runs on the product's fresh, cache-resident result: oneDNN's binary-add
-    post-op reads c at ~0.7 ns per element, three times what the in-place add costs. Elsewhere it
-    is one addmm (one kernel on a GPU).
-    Not differentiable: for use inside hand-written forward/backward passes."""
-    if _applies(W):
+    `rows` = a's rows; a bf16 W (and a) with a float32 c gives a float32 result. The reorder
+    (~0.3-0.5 ms on an AMD EPYC, up to 1 ms on an Intel Xeon) pays for itself within a few steps
+    where the product is faster (rnnlab.kernels measures whether it is). The add runs on the
+    product's fresh, cache-resident result: oneDNN's binary-add post-op reads c at ~0.7 ns per
+    element, three times what the in-place add costs. Elsewhere it is one addmm (one kernel on a
+    GPU). Not differentiable: for use inside hand-written forward/backward passes."""
+    if applies(W, dtypes=(torch.float32, torch.bfloat16)):
         packed = torch.ops.mkldnn._reorder_linear_weight(W.T.contiguous(), rows)
+        low = W.dtype != torch.float32  # a bf16 product: the sum is kept in c's float32
 
         def plus_matmul(a: torch.Tensor, c: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
             product = torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], "")
-            return product.add_(c, alpha=beta)
+            return (product.float() if low else product).add_(c, alpha=beta)
 
         return plus_matmul
     return lambda a, c, beta=1.0: torch.addmm(c, a, W, beta=beta)
@@ -75,6 +79,6 @@ class _Linear(torch.autograd.Function):
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """F.linear(x, weight, bias) for a 2-d x; through oneDNN on a CPU."""
-    if _applies(x, weight, bias) and x.dim() == 2:
+    if applies(x, weight, bias) and x.dim() == 2:
         return _Linear.apply(x.contiguous(), weight, bias)
     return F.linear(x, weight, bias)

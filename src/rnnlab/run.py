@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import RichProgressBar, Timer
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
+from rnnlab import kernels
 from rnnlab.cli import build, save_config
 from rnnlab.distributed import (
     agree_on_signal,
@@ -220,6 +221,7 @@ def train(cfg: DictConfig) -> float:
         raise
     finally:
         summary["wall_time_s"] = round(time.time() - started, 2)
+        summary["kernels"] = kernels.made()  # the timed CPU kernel choices this run used
         if rank0 and previous is not None and summary["status"] == "failed":
             path.write_text(previous)
         elif rank0:
@@ -252,11 +254,16 @@ def _run_dir(cfg: DictConfig) -> Path:
 
 def _fit_and_test(cfg: DictConfig, out_dir: Path, summary: dict, rank0: bool = True
                   ) -> StopOnSignal:
+    with open_dict(cfg):  # auto: bf16-mixed on a CPU with bf16 matrix units
+        cfg.trainer.precision = kernels.resolve_precision(cfg.trainer.get("precision", "32-true"),
+                                                          cfg.trainer.get("accelerator", "auto"))
+    summary["precision"] = cfg.trainer.precision
     torch.set_num_threads(torch_threads(cfg))
     if is_ddp(cfg.trainer) or devices_per_node(cfg.trainer) > 1:  # else Lightning's DDP
         # launcher sets cores // processes threads, whatever torch_threads said
         os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
     summary["torch_threads"] = torch.get_num_threads()
+    kernels.configure(**cfg.get("kernels", {}))
     keep_freed_memory()
     pl.seed_everything(cfg.seed, workers=True)
     dm = build(cfg.data)

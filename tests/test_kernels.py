@@ -1,0 +1,196 @@
+"""Kernel choices: every forced branch gives the plain path's numbers, `auto` times and caches,
+and bf16 autocast reaches the hand-written recurrence with float32 results."""
+
+import itertools
+from functools import partial
+
+import pytest
+import torch
+
+from rnnlab import kernels, onednn
+from rnnlab.cores import ScratchRNN, TanhRecurrence, TorchRNN
+from rnnlab.lm import LanguageModel
+
+V, H, B, T = 28, 64, 8, 12
+BRANCHES = list(itertools.product(["tanh", "sigmoid"],
+                                  ["torch", "onednn"] if onednn.AVAILABLE else ["torch"],
+                                  ["torch", "onednn"] if onednn.AVAILABLE else ["torch"]))
+CORES = {"rnn_scratch": ScratchRNN, "rnn": partial(TorchRNN, "rnn", num_layers=2)}
+
+
+def loss_and_grads(core: str, X: torch.Tensor, Y: torch.Tensor, **choices):
+    torch.manual_seed(0)
+    model = LanguageModel(core=partial(CORES[core], num_hiddens=H), vocab_size=V,
+                          optimizer=partial(torch.optim.SGD, lr=1.0))
+    h0 = tuple(torch.randn_like(s) * 0.5 for s in model.begin_state(B))
+    with kernels.forced(**choices):
+        logits, state = model(X, h0)
+        loss = torch.nn.functional.cross_entropy(logits, Y.T.reshape(-1))
+        loss.backward()
+    return [logits, state[0], loss] + [p.grad for p in model.parameters()]
+
+
+@pytest.mark.parametrize("core", CORES)
+@pytest.mark.parametrize("tanh, matmul, linear", BRANCHES)
+def test_every_forced_branch_gives_the_plain_paths_outputs_and_gradients(core, tanh, matmul,
+                                                                         linear):
+    g = torch.Generator().manual_seed(1)
+    X, Y = torch.randint(0, V, (B, T), generator=g), torch.randint(0, V, (B, T), generator=g)
+    plain = loss_and_grads(core, X, Y, tanh="tanh", matmul="torch", linear="torch")
+    branch = loss_and_grads(core, X, Y, tanh=tanh, matmul=matmul, linear=linear)
+    for got, expected in zip(branch, plain, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_auto_takes_a_clearly_faster_candidate_times_once_per_shape_and_reports(monkeypatch):
+    calls = []
+
+    def fake_time(candidates, rounds):  # sigmoid 5% faster at batch 3, 1% faster at batch 5
+        calls.append(sorted(candidates))
+        for fn in candidates.values():
+            fn()  # the candidates run on the real shapes
+        sigmoid = 0.95 if len(calls) == 1 else 0.99
+        return {"tanh": 1.0, "sigmoid": sigmoid}
+
+    monkeypatch.setattr(kernels, "_time", fake_time)
+    monkeypatch.setattr(kernels, "_cache", {})
+    monkeypatch.setattr(kernels, "_made", {})
+    with kernels.forced(tanh="auto"):
+        assert kernels.tanh_via_sigmoid(torch.randn(3, 7))
+        assert kernels.tanh_via_sigmoid(torch.randn(3, 7))  # cached: not timed again
+        assert not kernels.tanh_via_sigmoid(torch.randn(5, 7))  # within 3%: the plain path
+    assert calls == [["sigmoid", "tanh"]] * 2
+    threads = torch.get_num_threads()
+    plural = "s" * (threads > 1)
+    assert kernels.made() == {f"tanh 3x7 float32 {threads} thread{plural}": "sigmoid",
+                              f"tanh 5x7 float32 {threads} thread{plural}": "tanh"}
+
+
+@pytest.mark.skipif(not onednn.AVAILABLE, reason="torch built without oneDNN")
+def test_auto_matmul_and_linear_choose_among_their_candidates_on_real_shapes(monkeypatch):
+    monkeypatch.setattr(kernels, "_cache", {})
+    monkeypatch.setattr(kernels, "_made", {})
+    W, a, c = torch.randn(16, 16), torch.randn(4, 16), torch.randn(4, 16)
+    x, w, b = torch.randn(40, 16), torch.randn(28, 16), torch.randn(28)
+    rng = torch.get_rng_state()
+    with kernels.forced(matmul="auto", linear="auto"):
+        torch.testing.assert_close(kernels.step_matmul(W, 4, steps=10)(a, c, 2.0),
+                                   torch.addmm(c, a, W, beta=2))
+        torch.testing.assert_close(kernels.linear(x, w, b), torch.nn.functional.linear(x, w, b))
+    assert torch.equal(torch.get_rng_state(), rng)  # timing leaves the run's random stream be
+    made = kernels.made()
+    assert {label.split()[0] for label in made} == {"matmul", "linear"}
+    assert any(label.startswith("linear 64x16x28 ") for label in made)  # 40 rows: bucket 64
+    assert set(made.values()) <= {"torch", "onednn"}
+
+
+def test_a_bad_choice_names_the_key_and_the_values(monkeypatch):
+    with pytest.raises(ValueError, match=r"kernels.tanh='fast' is unknown; use one of "
+                                         r"\['auto', 'tanh', 'sigmoid'\]"):
+        kernels.configure(tanh="fast")
+    with pytest.raises(ValueError, match=r"kernels.gemm is unknown; the choices are \['tanh', "):
+        kernels.configure(gemm="torch")
+    monkeypatch.setattr(onednn, "AVAILABLE", False)
+    with pytest.raises(ValueError, match="kernels.linear=onednn: this torch is built without"):
+        kernels.configure(linear="onednn")
+
+
+def scratch_run(bf16: bool, **choices):
+    torch.manual_seed(0)
+    core = ScratchRNN(V, H)
+    with torch.no_grad():
+        core.W_hh.normal_(0, 0.1)  # a recurrence that matters, not the book's 0.01
+    X = torch.randint(0, V, (T, B))
+    with kernels.forced(**choices), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        outputs, _ = core(X, core.begin_state(B))
+        (outputs * torch.linspace(-1, 1, H)).sum().backward()
+    return outputs, [p.grad for p in core.parameters()]
+
+
+@pytest.mark.parametrize("matmul", ["torch", "onednn"] if onednn.AVAILABLE else ["torch"])
+@pytest.mark.parametrize("tanh", ["tanh", "sigmoid"])
+def test_bf16_autocast_runs_the_recurrence_in_bf16_with_float32_results(matmul, tanh,
+                                                                        monkeypatch):
+    cast = []
+    real = kernels.step_matmul
+    monkeypatch.setattr(kernels, "step_matmul", lambda W, *a, **k: cast.append(W.dtype) or
+                        real(W, *a, **k))
+    out32, grads32 = scratch_run(False, tanh=tanh, matmul=matmul)
+    cast.clear()
+    out16, grads16 = scratch_run(True, tanh=tanh, matmul=matmul, recurrence_dtype="bfloat16")
+    assert cast == [torch.bfloat16] * 2  # W_hh cast once forward and once backward, not per step
+    assert out16.dtype == torch.float32 and all(g.dtype == torch.float32 for g in grads16)
+    assert not torch.equal(out16, out32)  # the products did run in bf16
+    torch.testing.assert_close(out16, out32, rtol=0, atol=2e-2)
+    for g16, g32 in zip(grads16, grads32, strict=True):
+        assert torch.linalg.norm(g16 - g32) < 0.02 * torch.linalg.norm(g32)
+
+
+def test_bf16_language_model_loss_is_float32_for_every_core():
+    X = torch.randint(0, V, (B, T))
+    for core in (ScratchRNN, partial(TorchRNN, "rnn"), partial(TorchRNN, "lstm")):
+        model = LanguageModel(core=partial(core, num_hiddens=H), vocab_size=V,
+                              optimizer=partial(torch.optim.SGD, lr=1.0))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss, _ = model._loss((X, X), carry=False)
+        loss.backward()
+        assert loss.dtype == torch.float32
+        assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32
+                   for p in model.parameters())
+
+
+def test_recurrence_gradcheck_with_forced_sigmoid():
+    torch.manual_seed(0)
+    xw = torch.randn(5, 3, 4, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    W = (torch.randn(4, 4, dtype=torch.float64) * 0.5).requires_grad_()
+    with kernels.forced(tanh="sigmoid"):
+        assert torch.autograd.gradcheck(TanhRecurrence.apply, (xw, h0, W))
+
+
+def test_forced_choices_are_reported_as_forced():
+    with kernels.forced(tanh="sigmoid"):
+        kernels.tanh_via_sigmoid(torch.randn(2, 3))
+        assert kernels.made()[f"tanh 2x3 float32 {torch.get_num_threads()} thread"
+                              f"{'s' * (torch.get_num_threads() > 1)}"] == "sigmoid (forced)"
+
+
+def test_precision_auto_is_bf16_only_on_a_cpu_with_bf16_matrix_units(monkeypatch):
+    monkeypatch.setattr(kernels, "bf16_matrix_units", lambda: True)
+    assert kernels.resolve_precision("auto", "cpu") == "bf16-mixed"
+    assert kernels.resolve_precision("auto", "gpu") == "32-true"
+    assert kernels.resolve_precision("32-true", "cpu") == "32-true"
+    monkeypatch.setattr(kernels, "bf16_matrix_units", lambda: False)
+    assert kernels.resolve_precision("auto", "cpu") == "32-true"
+    assert kernels.resolve_precision("bf16-mixed", "cpu") == "bf16-mixed"
+
+
+def test_bf16_training_run_records_its_precision_and_learns(cfg_factory):
+    import json
+    from pathlib import Path
+
+    from rnnlab.run import train
+
+    cfg = cfg_factory("trainer.precision=bf16-mixed", "trainer.max_epochs=2")
+    best = train(cfg)
+    summary = json.loads((Path(cfg.paths.output_dir) / "summary.json").read_text())
+    assert summary["precision"] == "bf16-mixed" and summary["status"] == "finished"
+    assert 1 < best < 0.7 * V and summary["test_ppl"] < 0.7 * V  # learned: below uniform
+
+
+def test_presets_pin_float32_and_the_plain_kernels_while_the_default_is_auto(cfg_factory):
+    assert cfg_factory().trainer.precision == "auto"
+    assert all(v == "auto" for v in cfg_factory().kernels.values())
+    for preset in ("best", "book_rnn"):
+        cfg = cfg_factory(f"experiment={preset}")
+        assert cfg.trainer.precision == "32-true", preset  # the same numbers on a bf16 CPU
+        assert dict(cfg.kernels) == {"tanh": "tanh", "matmul": "torch", "linear": "torch",
+                                     "recurrence_dtype": "float32"}
+
+
+def test_bf16_autocast_with_float32_recurrence_forced_gives_the_float32_numbers():
+    out32, grads32 = scratch_run(False, tanh="tanh", matmul="torch")
+    out, grads = scratch_run(True, tanh="tanh", matmul="torch", recurrence_dtype="float32")
+    torch.testing.assert_close(out, out32, rtol=1e-5, atol=1e-5)
+    for g, g32 in zip(grads, grads32, strict=True):
+        torch.testing.assert_close(g, g32, rtol=1e-5, atol=1e-5)
