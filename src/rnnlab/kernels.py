@@ -115,7 +115,8 @@ def _choose(name: str, shape: str, tensor: torch.Tensor,
             seconds[other] += s
         best = min(seconds, key=seconds.get)
         _cache[key] = best if seconds[best] < MARGIN * seconds[plain] else plain
-        log.info("kernel choice: %s -> %s (%s)", label, _cache[key],
+        # the run's log file and summary.json["kernels"] have them; the console stays short
+        log.debug("kernel choice: %s -> %s (%s)", label, _cache[key],
                  ", ".join(f"{n} {1e6 * s:.0f} us" for n, s in seconds.items()))
     _made[label] = _cache[key]
     return _cache[key]
