@@ -10,8 +10,6 @@ from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig
 
-from rnnlab.data import WINDOWS
-
 
 class ConfigError(ValueError):
     pass
@@ -30,6 +28,8 @@ def _positive_int(key: str, value) -> None:
 def validate_config(cfg: DictConfig) -> None:
     """What the constructors do not check themselves (TextDataModule checks its own names,
     sizes and splits when it is built, which is before any data is read)."""
+    from rnnlab.data import WINDOWS  # torch: here, not in every importer (a sweep's main process)
+
     data, model = cfg.data, cfg.model
     _choice("bptt", cfg.bptt.mode, WINDOWS)
     _positive_int("model.core.num_hiddens", model.core.num_hiddens)
