@@ -3,6 +3,7 @@
     python scripts/report.py outputs/multiruns/<date>/<time>
     python scripts/report.py SWEEP_A SWEEP_B                        # one combined table
     python scripts/report.py SWEEP --baseline outputs/ngram.json    # plus an n-gram row
+    python scripts/report.py outputs/search/lstm    # a search: + best_experiment.yaml, search.png
 
 Works on a sweep that is still running or partly failed. A directory that does not exist or
 holds no job dirs (with .hydra/ or summary.json) ends in one line `error: ...` and status 2.

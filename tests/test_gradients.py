@@ -233,11 +233,11 @@ def test_training_with_the_probe_ends_with_the_same_perplexity(cfg_factory, tmp_
     acc = EventAccumulator(str(Path(with_probe.paths.output_dir) / "tb"),
                            size_guidance={"images": 0, "scalars": 0})
     acc.Reload()
-    for tag in ("grad/decay_per_step", "grad/reach", "grad/beyond_window",
-                "grad/w_hh_sigma_max"):
+    for tag in ("through_time/decay_per_step", "through_time/reach", "through_time/beyond_window",
+                "through_time/w_hh_sigma_max"):
         assert [e.step for e in acc.Scalars(tag)][0] == 0 and len(acc.Scalars(tag)) == 3, tag
-    assert len(acc.Images("grad/g_k")) == 3  # epoch 0, 1, 2
-    assert a["grad_reach"] == acc.Scalars("grad/reach")[-1].value
+    assert len(acc.Images("through_time/g_k")) == 3  # epoch 0, 1, 2
+    assert a["grad_reach"] == acc.Scalars("through_time/reach")[-1].value
 
 
 @pytest.mark.parametrize("override, match", [

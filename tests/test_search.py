@@ -1,18 +1,25 @@
-"""The Optuna search: seeded, resumable after a kill with the same trials, extendable; bad
+"""The Optuna search: seeded, resumable after a kill with the same trials, extendable; its
+report (trials ranked, the best as an experiment overlay that trains it again, search.png); bad
 search settings refused with one line naming the parameter."""
 
 import json
-import subprocess
+import shutil
 import sys
 
 import optuna
 import pytest
-from conftest import ROOT
+import yaml
+from conftest import ROOT, TEXT
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from test_resumable_sweeps import launch, launch_and_kill
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+from test_resumable_sweeps import launch_and_kill, launch_here, run_here
 
+from rnnlab.report import write_report
+from rnnlab.resume import config_differences, plain_config
 from rnnlab.search import Search
+from rnnlab.search_report import Trial, ranked
 from rnnlab.validate import ConfigError
 
 SPACE = ["model.core.num_hiddens=choice(8,16)", "model.embedding_dim=choice(4,8)",
@@ -23,7 +30,8 @@ SPACE = ["model.core.num_hiddens=choice(8,16)", "model.embedding_dim=choice(4,8)
 def search_cmd(corpus, sweep_dir, n_trials=3):
     return [sys.executable, str(ROOT / "scripts/train.py"), "hparams_search=optuna",
             f"data.path={corpus}", "data.batch_size=4", "trainer.max_epochs=1",
-            "trainer.accelerator=cpu", "torch_threads=1", f"hydra.sweeper.n_trials={n_trials}",
+            "trainer.accelerator=cpu", "~callbacks.gradients", "torch_threads=1",
+            f"hydra.sweeper.n_trials={n_trials}",
             f"hydra.sweep.dir={sweep_dir}", *SPACE]
 
 
@@ -32,18 +40,78 @@ def trials(sweep_dir):
     return [(t.number, t.state.name, t.value, t.params) for t in study.trials]
 
 
-def test_killed_search_finishes_with_the_same_trials_and_can_be_extended(tmp_path, corpus_file):
-    launch(search_cmd(corpus_file, tmp_path / "straight"))
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    """(corpus, sweep dir) of a 3-trial search run straight through."""
+    root = tmp_path_factory.mktemp("search")
+    corpus = root / "tiny.txt"
+    corpus.write_text(TEXT * 8)
+    launch_here(search_cmd(corpus, root / "straight"))
+    return corpus, root / "straight"
+
+
+def test_killed_search_finishes_with_the_same_trials_and_can_be_extended(tmp_path, searched):
+    corpus, straight = searched
     cut = tmp_path / "cut"
-    launch_and_kill(search_cmd(corpus_file, cut), ["trial 0: val/ppl", "#1 :"])
+    launch_and_kill(search_cmd(corpus, cut, n_trials=2), ["trial 0: val/ppl", "#1 :"])
     first = json.loads((cut / "0_trial" / "summary.json").read_text())
-    log = launch(search_cmd(corpus_file, cut))
-    assert "1 to run again (killed)" in log and "job 0_trial: finished" not in log
-    assert trials(cut) == trials(tmp_path / "straight")  # same parameters, same val/ppl
+    # the same command with one more trial: the killed trial is run again, then one is added
+    log = launch_here(search_cmd(corpus, cut, n_trials=3))
+    assert "1 trials done, 1 to run again (killed), 1 to go" in log
+    assert "job 0_trial: finished" not in log  # trial 0 is done: not even launched again
+    assert trials(cut) == trials(straight)  # same parameters, same val/ppl
     assert json.loads((cut / "0_trial" / "summary.json").read_text()) == first
-    launch(search_cmd(corpus_file, cut, n_trials=4))  # extend: one more trial, nothing rerun
-    assert trials(cut)[:3] == trials(tmp_path / "straight") and len(trials(cut)) == 4
-    assert json.loads((cut / "0_trial" / "summary.json").read_text()) == first
+
+
+def test_report_ranks_trials_and_writes_an_overlay_that_trains_the_best_again(tmp_path,
+                                                                             searched):
+    corpus, sweep = searched
+    markdown, written = write_report([sweep])
+    report = json.loads((sweep / "report.json").read_text())["search"]
+    values = sorted((v, n) for n, state, v, _ in trials(sweep) if state == "COMPLETE")
+    assert [(t["value"], t["number"]) for t in report["trials"]] == values
+    assert report["best_trial"] == values[0][1]
+    assert "## Search" in markdown and f"| 1 ★ | {values[0][1]} | **{values[0][0]:.4f}**" \
+        in markdown
+    assert sweep / "best_experiment.yaml" in written and sweep / "search.png" in written
+    assert (sweep / "search.png").read_bytes()[:4] == b"\x89PNG"
+    overlay = yaml.safe_load((sweep / "best_experiment.yaml").read_text())
+    assert overlay.pop("defaults") == ["search_lstm", "_self_"]
+    assert leaves(overlay) == {line.split("=", 1)[0] for line in SPACE}  # the searched keys only
+    # pasted as conf/experiment/tuned.yaml, it trains the best trial again, scored on test
+    conf = tmp_path / "conf"
+    (conf / "experiment").mkdir(parents=True)
+    shutil.copy(sweep / "best_experiment.yaml", conf / "experiment" / "tuned.yaml")
+    # with the rest of the command the report gives
+    fixed = markdown.split("python scripts/train.py experiment=<name> ", 1)[1].split("`")[0]
+    assert fixed.split() == search_cmd(corpus, sweep)[3:9]
+    best = sweep / f"{values[0][1]}_trial"
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        again = compose("train", return_hydra_config=True, overrides=[
+            "experiment=tuned", f"hydra.searchpath=[file://{conf}]", *fixed.split()])
+    GlobalHydra.instance().clear()
+    with open_dict(again):  # in the trial's dir, so that the paths derived from it agree
+        again.hydra.runtime.output_dir = str(best)
+    HydraConfig.instance().set_config(again)
+    trained = yaml.safe_load((best / "config.yaml").read_text())
+    try:
+        assert config_differences(plain_config(trained), plain_config(again)) == \
+            ["test: False there, True now"]
+    finally:
+        HydraConfig.instance().cfg = None
+
+
+def leaves(tree: dict, prefix: str = "") -> set[str]:
+    return {leaf for key, value in tree.items() for leaf in (
+        leaves(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key})}
+
+
+def test_trials_rank_by_value_then_the_unfinished():
+    t = [Trial(0, "COMPLETE", 5.0, {}, None), Trial(1, "FAIL", None, {}, None),
+         Trial(2, "COMPLETE", 4.0, {}, None), Trial(3, "RUNNING", None, {}, None),
+         Trial(4, "COMPLETE", 4.0, {}, None)]
+    assert [x.number for x in ranked(t)] == [2, 4, 0, 1, 3]
 
 
 def check(tmp_path, arguments, extra=()):
@@ -74,9 +142,8 @@ def test_bad_search_settings_name_the_parameter(tmp_path, arguments, extra, matc
 
 
 def test_a_bad_search_is_one_line_and_status_2(tmp_path, corpus_file):
-    proc = subprocess.run(search_cmd(corpus_file, tmp_path / "s")[:-6]
-                          + ["model.dropout=interval(0.5,0.1)"],
-                          capture_output=True, text=True, timeout=120)
-    errors = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert proc.returncode == 2 and len(errors) == 1
+    code, _, stderr = run_here(search_cmd(corpus_file, tmp_path / "s")[:-len(SPACE)]
+                               + ["model.dropout=interval(0.5,0.1)"])
+    errors = [line for line in stderr.splitlines() if line.strip()]
+    assert code == 2 and len(errors) == 1
     assert errors[0].startswith("error: hydra.sweeper.params.model.dropout=interval(0.5,0.1) is")

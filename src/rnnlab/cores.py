@@ -99,7 +99,7 @@ class ScratchRNN(nn.Module):
     each step the gradient path through H is cut with probability 1 - keep_prob, and otherwise
     scaled by 1 / keep_prob, so the expected gradient equals the full gradient of the window.
     The state is still detached between windows, so nothing flows further back than with regular
-    truncation (the gradient probe's grad/beyond_window shows what both drop).
+    truncation (the gradient probe's through_time/beyond_window shows what both drop).
     """
 
     def __init__(self, input_size: int, num_hiddens: int = 512, fast: bool = True,

@@ -4,10 +4,11 @@
 
 Probes before training (epoch 0), after every `every_n_epochs`-th epoch and after the last one,
 on `rows` fixed windows of the validation split, with full BPTT through them. Logs the scalars
-grad/decay_per_step, grad/reach, grad/beyond_window, grad/w_hh_sigma_max, grad/w_hh_radius (for
-an LSTM also grad/decay_per_step_c and grad/reach_c; per gate block for GRU/LSTM) and one image,
-grad/g_k: g(k) on a log scale, one line per probed epoch, beside a heat map of log10 g(k) over
-epochs x distance. `summary()` is the last probe's numbers, for summary.json.
+through_time/decay_per_step, .../reach, .../beyond_window, .../w_hh_sigma_max, .../w_hh_radius
+(for an LSTM also .../decay_per_step_c and .../reach_c; per gate block for GRU/LSTM) and one
+image, through_time/g_k: g(k) on a log scale, one line per probed epoch, beside a heat map of
+log10 g(k) over epochs x distance. The group's name sorts after `perplexity`, which TensorBoard's
+Time Series must show first. `summary()` is the last probe's numbers, for summary.json (grad_*).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch
 from rnnlab.gradients import probe, probe_windows
 
 log = logging.getLogger(__name__)
+GROUP = "through_time"  # TensorBoard's tag group: after "perplexity" (rnnlab.tbtags)
 KEY = "callbacks.gradients"  # the callback's node in conf/callbacks/default.yaml
 DEFAULT_PROBE_STEPS = 200
 
@@ -93,10 +95,10 @@ class GradientsThroughTime(pl.Callback):
         self.history.append((epoch, result.g))
         self.last = {"epoch": epoch, "scalars": scalars, "g": result.g}
         for logger in trainer.loggers:
-            logger.log_metrics({f"grad/{k}": v for k, v in scalars.items()},
+            logger.log_metrics({f"{GROUP}/{k}": v for k, v in scalars.items()},
                                step=trainer.global_step)
             if hasattr(logger.experiment, "add_image"):
-                logger.experiment.add_image("grad/g_k", self.image(), trainer.global_step,
+                logger.experiment.add_image(f"{GROUP}/g_k", self.image(), trainer.global_step,
                                             dataformats="HWC")
         self.seconds.append(time.perf_counter() - t0)
         log.info("gradient probe, epoch %d: decay %.3f per step, reach %s steps, %.1f%% of the "
@@ -105,8 +107,8 @@ class GradientsThroughTime(pl.Callback):
                  self.num_steps, scalars["w_hh_sigma_max"], self.seconds[-1])
 
     def image(self) -> np.ndarray:
-        """grad/g_k as an RGB array: per state tensor, g(k) on a log scale with a line per probed
-        epoch, and log10 g(k) as a heat map over epochs x distance."""
+        """through_time/g_k as an RGB array: per state tensor, g(k) on a log scale with a line per
+        probed epoch, and log10 g(k) as a heat map over epochs x distance."""
         from matplotlib import colormaps
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure

@@ -204,7 +204,7 @@ class Probe:
     spectra: dict[str, tuple[float, float]]     # block name -> (sigma_max, spectral radius)
 
     def scalars(self) -> dict[str, float]:
-        """The summary numbers, TensorBoard's names without the "grad/" prefix."""
+        """The summary numbers, TensorBoard's names without the "through_time/" prefix."""
         out = {"decay_per_step": decay_per_step(self.g["h"]), "reach": reach(self.g["h"]),
                "beyond_window": self.beyond_window,
                "w_hh_sigma_max": max(s for s, _ in self.spectra.values()),

@@ -9,8 +9,9 @@
 Writes into the first sweep dir: report.md, one row per configuration (the values of the
 overrides that vary between jobs, seed excluded) sorted by best val/ppl, the best starred, mean
 ± sample std over seeds; report.json, the same rows (inf/nan as null); val_ppl.png, factors.png
-grad_norm.png and grad_through_time.png (see rnnlab.report_figures). Jobs without
-summary.json, still marked running (or killed), or with status failed are listed
+grad_norm.png and grad_through_time.png (see rnnlab.report_figures); on a hparams_search dir
+also the trials ranked, best_experiment.yaml and search.png (rnnlab.search_report). Jobs
+without summary.json, still marked running (or killed), or with status failed are listed
 under "Missing / failed".
 """
 
@@ -261,6 +262,7 @@ def write_report(sweep_dirs: list[Path], baseline: Path | None = None) -> tuple[
     """Read every job of every sweep dir, write report.md/.json and the plots into the first;
     returns the markdown and the paths written. Raises ReportError on a dir that is no sweep."""
     from rnnlab.report_figures import plot_grad_through_time, save_figures  # matplotlib: here
+    from rnnlab.search_report import search_section  # optuna too
 
     sweep_dirs = list(dict.fromkeys(Path(d).resolve() for d in sweep_dirs))
     names = [d.name for d in sweep_dirs]
@@ -280,6 +282,10 @@ def write_report(sweep_dirs: list[Path], baseline: Path | None = None) -> tuple[
         o for j in jobs for o in j.overrides if parse_override(o)[0] in keys + ["seed"]})
     out_dir = sweep_dirs[0]
     plots = save_figures(jobs, columns, out_dir) + plot_grad_through_time(jobs, columns, out_dir)
+    # a hparams_search sweep dir: its trials ranked, the best as an experiment overlay, search.png
+    search_md, search_files, search = search_section(out_dir, jobs) if len(found) == 1 \
+        else ([], [], {})
+    plots = [p for p in search_files if p.suffix == ".png"] + plots
     done = sum(j.summary is not None for j in jobs)
     md = ["# Sweep report", "",
           *(f"- sweep `{d}`: {len(js)} jobs" for _, d, js in found),
@@ -287,7 +293,8 @@ def write_report(sweep_dirs: list[Path], baseline: Path | None = None) -> tuple[
           + (", ".join(f"`{k}`" for k in keys) or "nothing")
           + "; shared by all jobs: " + (", ".join(f"`{o}`" for o in shared) or "nothing"),
           "- perplexities are mean ± sample std over seeds (n runs), other columns means; ★ marks "
-          "the lowest best val/ppl among configurations whose jobs all finished", "", table, ""]
+          "the lowest best val/ppl among configurations whose jobs all finished", "",
+          *search_md, table, ""]
     if missing:
         md += ["## Missing / failed", "", "Jobs still marked running are running or were killed; "
                "jobs without summary.json never started; failed jobs say why. See each job's "
@@ -299,7 +306,8 @@ def write_report(sweep_dirs: list[Path], baseline: Path | None = None) -> tuple[
     (out_dir / "report.md").write_text(text)
     report = {"sweeps": [str(d) for d in sweep_dirs], "swept_keys": keys, "shared": shared,
               "rows": rows, "baseline": base, "missing_or_failed": missing,
-              "plots": [p.name for p in plots]}
+              "plots": [p.name for p in plots], **({"search": search} if search else {})}
     report = json.loads(json.dumps(report), parse_constant=lambda _: None)  # inf, nan -> null
     (out_dir / "report.json").write_text(json.dumps(report, indent=2))
-    return text, [out_dir / "report.md", out_dir / "report.json", *plots]
+    overlay = [p for p in search_files if p.suffix == ".yaml"]
+    return text, [out_dir / "report.md", out_dir / "report.json", *overlay, *plots]

@@ -44,10 +44,11 @@ def parse_space(params: dict[str, str], arguments: Sequence[str]
     parser = OverridesParser.create()
     space, fixed, spec = {}, [], {}
     for line in [f"{k}={v}" for k, v in params.items()] + list(arguments):
-        key, value = line.split("=", 1)
+        key, _, value = line.partition("=")  # a deletion (~key) has no value
         try:
             override = parser.parse_override(line)
-            dist = create_optuna_distribution_from_override(override)
+            dist = None if override.is_delete() else \
+                create_optuna_distribution_from_override(override)
         except Exception as e:  # Hydra's grammar errors and Optuna's range checks alike
             raise ConfigError(f"hydra.sweeper.params.{key}={value} is not a search range "
                               f"({str(e).splitlines()[0]}); {FIX}") from None

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from omegaconf import DictConfig, ListConfig
-from torch import nn
 
-from rnnlab.data import WINDOWS
-from rnnlab.vocab import Vocab
+if TYPE_CHECKING:
+    from torch import nn
+
+    from rnnlab.vocab import Vocab
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,8 @@ def _positive_int(key: str, value) -> None:
 def validate_config(cfg: DictConfig) -> None:
     """What the constructors do not check themselves (TextDataModule checks its own names,
     sizes and splits when it is built, which is before any data is read)."""
+    from rnnlab.data import WINDOWS  # torch: here, not in every importer (a sweep's main process)
+
     data, model = cfg.data, cfg.model
     _choice("bptt", cfg.bptt.mode, WINDOWS)
     _positive_int("model.core.num_hiddens", model.core.num_hiddens)
@@ -114,6 +117,7 @@ def full_bptt_bytes(batch_size: int, stream_len: int, num_hiddens: int, vocab_si
 
 def check_resume_checkpoint(path: Path, model: nn.Module, vocab: Vocab) -> None:
     """Refuse, with the reason, a checkpoint that is corrupt or from another model/vocabulary."""
+    import torch
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
         theirs = ckpt["state_dict"]
