@@ -61,7 +61,7 @@ def test_a_typo_is_named_with_the_closest_valid_name(config, args, message):
     ("train", ["ablation=sampling", "trainer.max_epochs=2"]),
     ("train", ["--multirun", "experiment=best", "seed=0,1,2", "hydra/launcher=parallel",
                "hydra.launcher.n_jobs=2"]),
-    ("train", ["+ngram_mix.order=10", "+trainer.precision=bf16-mixed",
+    ("train", ["+ngram_mix.order=10", "trainer.precision=bf16-mixed",
                "data.splits=[0.8,0.1,0.1]"]),
     ("train", ["+callbacks.stop._target_=pytorch_lightning.callbacks.EarlyStopping",
                "+callbacks.stop.monitor=val/ppl"]),

@@ -254,10 +254,10 @@ def _run_dir(cfg: DictConfig) -> Path:
 
 def _fit_and_test(cfg: DictConfig, out_dir: Path, summary: dict, rank0: bool = True
                   ) -> StopOnSignal:
-    with open_dict(cfg):  # auto: bf16-mixed on a CPU with bf16 matrix units
-        cfg.trainer.precision = kernels.resolve_precision(cfg.trainer.get("precision", "32-true"),
-                                                          cfg.trainer.get("accelerator", "auto"))
-    summary["precision"] = cfg.trainer.precision
+    # auto: bf16-mixed on a CPU with bf16 matrix units; the config keeps "auto" (a relaunched
+    # sweep compares configs), summary.json says what it became here
+    precision = summary["precision"] = kernels.resolve_precision(
+        cfg.trainer.get("precision", "32-true"), cfg.trainer.get("accelerator", "auto"))
     torch.set_num_threads(torch_threads(cfg))
     if is_ddp(cfg.trainer) or devices_per_node(cfg.trainer) > 1:  # else Lightning's DDP
         # launcher sets cores // processes threads, whatever torch_threads said
@@ -285,8 +285,8 @@ def _fit_and_test(cfg: DictConfig, out_dir: Path, summary: dict, rank0: bool = T
     callbacks += [RichProgressBar()] if interactive else []
     loggers = [build(c) for c in (cfg.get("logger") or {}).values()]
     trainer: pl.Trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers,
-                                      plugins=[AtomicCheckpointIO()], _convert_="all",
-                                      enable_progress_bar=interactive)
+                                plugins=[AtomicCheckpointIO()], _convert_="all",
+                                enable_progress_bar=interactive, precision=precision)
     ckpt_cb = trainer.checkpoint_callback
 
     def record(**kw) -> None:
