@@ -130,18 +130,18 @@ class TrainingMonitor(pl.Callback):
         norm = pl_module.grad_norm = global_grad_norm(grads)
         value_clip = trainer.gradient_clip_algorithm == "value"
         stat = max_abs_grad(grads) if value_clip else norm  # what clipping compares to theta
-        if pl_module.device.type != "cpu" and skips_non_finite_steps(optimizer):
+        lazy = pl_module.device.type != "cpu" and skips_non_finite_steps(optimizer)
+        if not lazy and not norm < math.inf:  # a CPU (free), or an optimizer that can't skip
+            self.diverge(f"gradient norm is {norm.item()}")
+            return
+        self._norms.append((self._step, norm, stat))
+        if lazy:  # the optimizer skips a non-finite step itself; we read the norms later
             optimizer.found_inf = (~torch.isfinite(norm)).float()
             optimizer.grad_scale = None
-            self._norms.append((self._step, norm, stat))
             if self._logging_step(trainer):
                 self.fold_norms()  # one sync per log_every_n_steps
-        elif not norm < math.inf:  # a CPU (free), or a device with an optimizer that can't skip
-            self.diverge(f"gradient norm is {norm.item()}")
-        else:
-            self._norms.append((self._step, norm, stat))
-        if self.diverged_at is not None:
-            return
+                if self.diverged_at is not None:
+                    return
         # a running maximum (a tensor op: no sync), so the spikes between logging steps, which
         # clipping is about, reach the logs too
         self._interval_max = norm if self._interval_max is None else \
