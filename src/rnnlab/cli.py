@@ -293,16 +293,20 @@ def _remove_refused_run_dir() -> None:
     shutil.rmtree(out, ignore_errors=True)
 
 
+def is_multirun() -> bool:
+    """Whether this process runs a job of a Hydra multirun (False outside Hydra's runtime)."""
+    try:
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except ValueError:  # composed without Hydra's runtime (tests)
+        return False
+
+
 def run_main(task: Callable[[DictConfig], object], cfg: DictConfig):
     quiet_console()
     try:
         return task(cfg)
     except (ValueError, FileNotFoundError, PermissionError) as e:
-        try:
-            multirun = HydraConfig.get().mode == RunMode.MULTIRUN
-        except ValueError:
-            multirun = False
-        if multirun:
+        if is_multirun():
             raise
         log.debug("error", exc_info=True)  # in the log file, when the run dir is kept
         _remove_refused_run_dir()

@@ -23,14 +23,13 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from lightning_fabric.utilities.seed import reset_seed
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import RichProgressBar, Timer
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from rnnlab import kernels
-from rnnlab.cli import build, save_config
+from rnnlab.cli import build, is_multirun, save_config
 from rnnlab.distributed import (
     agree_on_signal,
     devices_per_node,
@@ -150,13 +149,6 @@ def keep_freed_memory() -> bool:
         return False
 
 
-def _multirun() -> bool:
-    try:
-        return HydraConfig.get().mode == RunMode.MULTIRUN
-    except ValueError:  # composed without Hydra's runtime (tests)
-        return False
-
-
 def _overrides() -> list[str]:
     try:
         return list(HydraConfig.get().overrides.task)
@@ -193,7 +185,7 @@ def train(cfg: DictConfig) -> float:
     `eval.dynamic` and/or `ngram_mix` set, the val/ppl of the strongest of those evaluations."""
     out_dir = _run_dir(cfg)
     # a sweep launched again (or a requeued cluster job) finds its earlier launch's job here
-    earlier = read_summary(out_dir) if _multirun() and not cfg.get("ckpt_path") else None
+    earlier = read_summary(out_dir) if is_multirun() and not cfg.get("ckpt_path") else None
     if earlier is not None and (done := previous_run(cfg, out_dir, earlier)) is not None:
         return done
     rank0 = env_rank(cfg.trainer) == 0  # under DDP only rank 0 writes summary.json/config.yaml
