@@ -14,7 +14,7 @@ Throughput is tokens/s after warm-up, median (min-max) over repetitions, for
   plain PyTorch loop, so the Lightning overhead is a ratio from the same run;
 - each model again in bf16 autocast (`+bf16` rows), by default where the CPU has bf16 matrix
   units (AMX, AVX512-BF16); the book loop stays float32, the reference.
-It prints the CPU model and the kernel choices `rnnlab.kernels` timed (or was forced to make).
+It prints the CPU model and the kernel choices `kernels.choice` timed (or was forced to make).
 Results go to stdout (a table) and to a JSON file (--out, default outputs/bench.json).
 """
 
@@ -42,10 +42,11 @@ import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from rnnlab import kernels  # noqa: E402
-from rnnlab.cores import ScratchRNN, TorchRNN  # noqa: E402
-from rnnlab.lm import LanguageModel, clip_grad_norm_book  # noqa: E402
-from rnnlab.run import keep_freed_memory  # noqa: E402
+from rnnlab.kernels import choice as kernels  # noqa: E402
+from rnnlab.models.clipping import clip_grad_norm_book  # noqa: E402
+from rnnlab.models.cores import ScratchRNN, TorchRNN  # noqa: E402
+from rnnlab.models.lm import LanguageModel  # noqa: E402
+from rnnlab.training.run import keep_freed_memory  # noqa: E402
 
 MODELS = {
     "rnn_scratch": partial(ScratchRNN, fast=True),
@@ -186,7 +187,7 @@ def bench_lightning(model: LanguageModel, data, warmup: int, device: str,
 
 
 def corpus_tensor(quick: bool) -> tuple[torch.Tensor, int]:
-    from rnnlab.vocab import encode_corpus, preprocess
+    from rnnlab.text.vocab import encode_corpus, preprocess
 
     path = ROOT / "outputs" / "data" / "timemachine.txt"
     if path.is_file():
@@ -262,7 +263,7 @@ def ratios(rows: list[dict]) -> list[dict]:
 
 DATA_PREP = """
 import re, resource, sys, time, torch
-from rnnlab.vocab import encode_corpus, preprocess
+from rnnlab.text.vocab import encode_corpus, preprocess
 def peak_kb():  # this process's own high-water mark (ru_maxrss also counts the parent at fork)
     try:
         return int(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1))
@@ -360,7 +361,7 @@ def main() -> None:
                    default=["32-true"] + ["bf16-mixed"] * kernels.bf16_matrix_units(),
                    help="bf16-mixed by default where the CPU has AMX or AVX512-BF16")
     p.add_argument("--kernel", action="append", default=[], metavar="NAME=VALUE",
-                   help="force a kernel choice, e.g. tanh=sigmoid (rnnlab.kernels; default auto)")
+                   help="force a kernel choice, e.g. tanh=sigmoid (kernels.choice; default auto)")
     p.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench.json")
     args = p.parse_args()
     kernels.configure(**dict(k.split("=", 1) for k in args.kernel))
@@ -386,7 +387,7 @@ def main() -> None:
         result["training"] = bench_training(args)
         result["ratios"] = ratios(result["training"])
         result["kernels"] = kernels.made()
-        print("kernel choices (rnnlab.kernels):")
+        print("kernel choices (rnnlab.kernels.choice):")
         for label, choice in result["kernels"].items():
             print(f"  {label}: {choice}")
         for r in result["ratios"]:

@@ -18,13 +18,13 @@ os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from rnnlab.cli import check_command_line, run_main  # noqa: E402
+from rnnlab.config.cli import check_command_line, run_main  # noqa: E402
 
 
 def sample(cfg: DictConfig) -> str:
     import torch
 
-    from rnnlab.generate import generate, load_checkpoint
+    from rnnlab.models.generate import generate, load_checkpoint
 
     if str(cfg.device).startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device={cfg.device} but no CUDA GPU is visible; use device=cpu")

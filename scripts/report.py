@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from rnnlab.report import ReportError, write_report
+from rnnlab.analysis.report import ReportError, write_report
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,12 +18,12 @@ os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from rnnlab.cli import check_command_line, run_main  # noqa: E402
+from rnnlab.config.cli import check_command_line, run_main  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float:
-    from rnnlab.run import train  # heavy imports after Hydra has parsed the command line
+    from rnnlab.training.run import train  # heavy imports after Hydra has parsed the command line
 
     return run_main(train, cfg)
 

@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from rnnlab.report import ReportError, aggregate, find_jobs, load_job, swept_keys, write_report
-from rnnlab.report_figures import figures
+from rnnlab.analysis.figures import figures
+from rnnlab.analysis.jobs import ReportError, find_jobs, load_job, varied_keys
+from rnnlab.analysis.report import aggregate, write_report
 
 torch.set_num_threads(1)
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TEXT = ("The Time Traveller (for so it will be convenient to speak of him) was expounding a "
         "recondite matter to us. His grey eyes shone and twinkled, and his usually pale face was "
@@ -112,7 +113,7 @@ def test_report_on_a_real_2x2_sweep(sweep2x2):
 
 def load_figures(sweep: Path) -> dict:
     jobs = [load_job(sweep.name, sweep, d) for d in find_jobs(sweep)]
-    return figures(jobs, swept_keys(jobs))
+    return figures(jobs, varied_keys(jobs))
 
 
 def lines(ax, suffix: str = "") -> dict:

@@ -11,7 +11,8 @@ import torch
 from conftest import ROOT
 from omegaconf import OmegaConf
 
-from rnnlab.cli import NO_GPU, _remove_refused_run_dir, build, command_line_problem
+from rnnlab.config.cli import _remove_refused_run_dir, build, command_line_problem
+from rnnlab.errors import NO_GPU
 
 CONF = ROOT / "conf"
 

@@ -7,11 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from rnnlab.cores import ScratchRNN, TorchRNN
-from rnnlab.evaluation import dynamic_log_probs, evaluate_dynamic, stream_log_probs, token_ppl
-from rnnlab.lm import LanguageModel
-from rnnlab.run import train
-from rnnlab.validate import ConfigError
+from rnnlab.errors import ConfigError
+from rnnlab.evaluation.dynamic import dynamic_log_probs, evaluate_dynamic
+from rnnlab.evaluation.heldout import stream_log_probs
+from rnnlab.models.cores import ScratchRNN, TorchRNN
+from rnnlab.models.lm import LanguageModel
+from rnnlab.models.perplexity import token_ppl
+from rnnlab.training.run import train
 
 V = 6
 

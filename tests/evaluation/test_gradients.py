@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from conftest import ROOT
 from torch import nn
 
-from rnnlab.cores import ScratchRNN, TorchRNN
-from rnnlab.gradients import (
+from rnnlab.analysis.report import write_report
+from rnnlab.evaluation.probe import (
     beyond_window,
     decay_per_step,
     hidden_grad_norms,
@@ -26,9 +26,9 @@ from rnnlab.gradients import (
     reach,
     spectrum,
 )
-from rnnlab.lm import LanguageModel
-from rnnlab.report import write_report
-from rnnlab.run import train
+from rnnlab.models.cores import ScratchRNN, TorchRNN
+from rnnlab.models.lm import LanguageModel
+from rnnlab.training.run import train
 
 V = 5
 

@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from rnnlab.cores import TorchRNN
-from rnnlab.evaluation import HeldOutScore, stream_log_probs
-from rnnlab.kneser_ney import KneserNeyLM
-from rnnlab.lm import LanguageModel
-from rnnlab.mixture import evaluate_mixture
-from rnnlab.run import train
-from rnnlab.validate import ConfigError
+from rnnlab.errors import ConfigError
+from rnnlab.evaluation.heldout import stream_log_probs
+from rnnlab.evaluation.mixture import evaluate_mixture
+from rnnlab.models.cores import TorchRNN
+from rnnlab.models.kneser_ney import KneserNeyLM
+from rnnlab.models.lm import LanguageModel
+from rnnlab.models.perplexity import HeldOutScore
+from rnnlab.training.run import train
 
 
 def test_unigram_discounting_by_hand():

@@ -1,6 +1,5 @@
 """The synthetic series, MLP and latent-autoregressive rollouts, scripts/forecast.py in-process."""
 
-import importlib.util
 import json
 from functools import partial
 from pathlib import Path
@@ -8,11 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from rnnlab.cores import ScratchRNN, TorchRNN
-from rnnlab.forecast import LagMLP, LatentAR, SeriesDataModule, evaluate
+from rnnlab.forecast.series import LagMLP, LatentAR, SeriesDataModule, evaluate
+from rnnlab.forecast.task import forecast
+from rnnlab.models.cores import ScratchRNN, TorchRNN
 
 torch.set_num_threads(1)
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_series_is_seeded_and_lag_features_line_up():
@@ -100,15 +100,12 @@ def test_evaluate_reports_mse_per_k_with_held_out_and_clean_targets():
 
 
 def test_forecast_script_error_grows_with_k(tmp_path, compose_run):
-    spec = importlib.util.spec_from_file_location("_script_forecast", ROOT / "scripts/forecast.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
     out = tmp_path / "run"
     cfg = compose_run("forecast", ["seed=3", "data.T=400", "data.n_train=240",
                                    "trainer.max_epochs=4", "latent.max_epochs=2",
                                    "latent.window=16", "latent.model.core.num_hiddens=8"])
     assert cfg.paths.output_dir == str(out)
-    worst = script.forecast(cfg)
+    worst = forecast(cfg)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["ks"] == [1, 4, 16, 64]
     for name in ("mlp", "latent"):

@@ -7,9 +7,10 @@ from functools import partial
 import pytest
 import torch
 
-from rnnlab import kernels, onednn
-from rnnlab.cores import ScratchRNN, TanhRecurrence, TorchRNN
-from rnnlab.lm import LanguageModel
+from rnnlab.kernels import choice as kernels
+from rnnlab.kernels import onednn
+from rnnlab.models.cores import ScratchRNN, TanhRecurrence, TorchRNN
+from rnnlab.models.lm import LanguageModel
 
 V, H, B, T = 28, 64, 8, 12
 BRANCHES = list(itertools.product(["tanh", "sigmoid"],
@@ -169,7 +170,7 @@ def test_bf16_training_run_records_its_precision_and_learns(cfg_factory):
     import json
     from pathlib import Path
 
-    from rnnlab.run import train
+    from rnnlab.training.run import train
 
     cfg = cfg_factory("trainer.precision=bf16-mixed", "trainer.max_epochs=2")
     best = train(cfg)

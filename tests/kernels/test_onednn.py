@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rnnlab import onednn
+from rnnlab.kernels import onednn
 
 needs_onednn = pytest.mark.skipif(not onednn.AVAILABLE, reason="torch built without oneDNN")
 

@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnlab.cores import ScratchRNN, TorchRNN
-from rnnlab.lm import LanguageModel, clip_grad_norm_book
+from rnnlab.models.clipping import clip_grad_norm_book
+from rnnlab.models.cores import ScratchRNN, TorchRNN
+from rnnlab.models.lm import LanguageModel
 
 V, H = 11, 16
 
@@ -155,7 +156,7 @@ def test_randomized_truncation_is_unbiased_for_the_scratch_core():
 
 
 def test_hand_written_recurrence_backward_passes_gradcheck():
-    from rnnlab.cores import TanhRecurrence
+    from rnnlab.models.cores import TanhRecurrence
 
     torch.manual_seed(0)
     xw = torch.randn(5, 3, 4, dtype=torch.float64, requires_grad=True)

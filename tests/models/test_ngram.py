@@ -1,6 +1,5 @@
 """N-gram counting, Zipf fit, the add-k LM, and scripts/corpus_stats.py run in-process."""
 
-import importlib.util
 import json
 from collections import Counter
 from pathlib import Path
@@ -9,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-import rnnlab.ngram as ngram
-from rnnlab.ngram import AddKLM, NGramCounts, perplexity_table, zipf_fit
+import rnnlab.models.ngram as ngram
+from rnnlab.analysis.corpus_stats import corpus_stats
+from rnnlab.models.ngram import AddKLM, NGramCounts, perplexity_table, zipf_fit
 
 torch.set_num_threads(1)
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(params=["dense", "sparse"])
@@ -127,12 +127,6 @@ def test_addk_rejects_bad_n_and_k():
         AddKLM(counts, 3, 1.0)
 
 
-def _load_task(script: str, name: str):
-    spec = importlib.util.spec_from_file_location(f"_script_{name}", ROOT / "scripts" / script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return getattr(module, name)
-
 
 def test_corpus_stats_script_on_a_cyclic_word_corpus(tmp_path, compose_run):
     words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india",
@@ -144,7 +138,7 @@ def test_corpus_stats_script_on_a_cyclic_word_corpus(tmp_path, compose_run):
                                 "zipf.rank_min=1", "ngram.orders=[1,2,3]",
                                 "ngram.ks=[1.0,0.000001]"])
     assert cfg.paths.output_dir == str(out)
-    best_val = _load_task("corpus_stats.py", "corpus_stats")(cfg)
+    best_val = corpus_stats(cfg)
     result = json.loads((out / "ngram.json").read_text())
     assert result["token"] == "word" and result["vocab_size"] == 11  # 10 words + <unk>
     assert result["split_tokens"] == {"train": 900, "val": 50, "test": 50}

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from rnnlab.schedule import CosineSteps, WallClockCosine
+from rnnlab.models.schedule import CosineSteps, WallClockCosine
 
 
 def optimizer() -> torch.optim.Optimizer:

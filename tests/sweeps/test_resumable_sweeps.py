@@ -19,9 +19,9 @@ from conftest import ROOT, TEXT
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 
-from rnnlab.report import write_report
-from rnnlab.resume import previous_run
-from rnnlab.validate import ConfigError
+from rnnlab.analysis.report import write_report
+from rnnlab.errors import ConfigError
+from rnnlab.training.relaunch import previous_run
 
 # ~55 steps an epoch on the tiny corpus: a job trains for a second or two, long enough to be cut
 TINY = ["data.batch_size=8", "data.num_steps=6", "model.core.num_hiddens=8",
@@ -177,7 +177,7 @@ def _job(tmp_path: Path, cfg_factory, status: str, **extra) -> tuple:
     cfg = cfg_factory("model.dropout=0.1")
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True)
-    from rnnlab.cli import save_config
+    from rnnlab.config.cli import save_config
 
     save_config(cfg, out)
     summary = {"status": status, "best_val_ppl": 5.5, **extra}

@@ -16,11 +16,11 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 from test_resumable_sweeps import launch_and_kill, launch_here, run_here
 
-from rnnlab.report import write_report
-from rnnlab.resume import config_differences, plain_config
-from rnnlab.search import Search
-from rnnlab.search_report import Trial, ranked
-from rnnlab.validate import ConfigError
+from rnnlab.analysis.report import write_report
+from rnnlab.analysis.search_report import Trial, ranked
+from rnnlab.errors import ConfigError
+from rnnlab.sweeps.search import Search
+from rnnlab.training.relaunch import comparable, config_differences
 
 SPACE = ["model.core.num_hiddens=choice(8,16)", "model.embedding_dim=choice(4,8)",
          "data.num_steps=choice(4,6)", "model.optimizer.lr=tag(log,interval(0.001,0.02))",
@@ -96,7 +96,7 @@ def test_report_ranks_trials_and_writes_an_overlay_that_trains_the_best_again(tm
     HydraConfig.instance().set_config(again)
     trained = yaml.safe_load((best / "config.yaml").read_text())
     try:
-        assert config_differences(plain_config(trained), plain_config(again)) == \
+        assert config_differences(comparable(trained), comparable(again)) == \
             ["test: False there, True now"]
     finally:
         HydraConfig.instance().cfg = None
@@ -121,7 +121,7 @@ def check(tmp_path, arguments, extra=()):
                       overrides=["hparams_search=optuna", f"hydra.sweep.dir={tmp_path}", *extra])
         loader = GlobalHydra.instance().config_loader()
         search = Search(cfg, loader, None, cfg.hydra.sweeper.params, 3, 1, 0, 2, "search")
-        from rnnlab.search import parse_space
+        from rnnlab.sweeps.search import parse_space
 
         search.check(*parse_space(search.params, ["hparams_search=optuna", *extra, *arguments]))
     GlobalHydra.instance().clear()

@@ -1,9 +1,10 @@
 import pytest
 import torch
 
-from rnnlab import corpus as corpus_mod
-from rnnlab.corpus import CorpusError, download, resolve_corpus
-from rnnlab.data import PlanSampler, TextDataModule, WindowDataset, plan_epoch
+from rnnlab.errors import CorpusError
+from rnnlab.text import corpus as corpus_mod
+from rnnlab.text.corpus import download, resolve_corpus
+from rnnlab.text.datamodule import PlanSampler, TextDataModule, WindowDataset, plan_epoch
 
 
 def batches(num_tokens, sampling, windows="regular", seed=0, epoch=0, bs=3, steps=5):

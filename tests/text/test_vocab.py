@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from rnnlab.vocab import Vocab, encode_corpus, index_dtype, preprocess, tokenize
+from rnnlab.text.vocab import Vocab, encode_corpus, index_dtype, preprocess, tokenize
 
 
 def test_letters_preprocessing_matches_the_book():

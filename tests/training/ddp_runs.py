@@ -12,12 +12,12 @@ import os
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 
 from hydra import compose, initialize_config_dir  # noqa: E402
 
-from rnnlab.run import train  # noqa: E402
+from rnnlab.training.run import train  # noqa: E402
 
 
 def main(out_dir: str, corpus: str, *runs: str) -> None:

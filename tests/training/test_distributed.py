@@ -13,11 +13,11 @@ import torch
 from conftest import ROOT, make_cfg
 from omegaconf import OmegaConf, read_write
 
-from rnnlab import distributed
-from rnnlab.data import PlanSampler
-from rnnlab.generate import generate, load_checkpoint
-from rnnlab.run import train
-from rnnlab.validate import ConfigError
+from rnnlab.errors import ConfigError
+from rnnlab.models.generate import generate, load_checkpoint
+from rnnlab.text.datamodule import PlanSampler
+from rnnlab.training import distributed
+from rnnlab.training.run import train
 
 # kernels chosen by timing may differ between processes (and so between ranks): pinned, as the
 # presets pin them, so that the numbers can be compared to the digit
@@ -45,8 +45,9 @@ def test_two_ranks_match_one_process(tmp_path, corpus_file):
     # the 4 runs under one 2-rank launch (ranks start once), then the same configs in one process
     runs = [f"{m}_{s}=" + ";".join([*SMALL, "trainer.max_epochs=2", "test=false", f"model={m}",
                                      f"data.sampling={s}"]) for m, s in COMBOS]
-    proc = subprocess.run([sys.executable, str(ROOT / "tests/ddp_runs.py"), str(tmp_path / "ddp"),
-                           str(corpus_file), *runs], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, str(ROOT / "tests/training/ddp_runs.py"),
+                           str(tmp_path / "ddp"), str(corpus_file), *runs],
+                          capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for m, s in COMBOS:
         ddp = summary(tmp_path / "ddp" / f"{m}_{s}")

@@ -7,9 +7,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from rnnlab.cores import ScratchRNN, TorchRNN
-from rnnlab.lm import LanguageModel
-from rnnlab.monitor import TrainingMonitor
+from rnnlab.models.cores import ScratchRNN, TorchRNN
+from rnnlab.models.lm import LanguageModel
+from rnnlab.training.monitor import TrainingMonitor
 
 V = 5
 SGD_MOMENTUM = partial(torch.optim.SGD, lr=0.1, momentum=0.9)

@@ -12,10 +12,10 @@ import pytest
 import torch
 from conftest import ROOT, make_cfg
 
-from rnnlab import corpus as corpus_mod
-from rnnlab.corpus import CorpusError, download
-from rnnlab.run import AtomicCheckpointIO, train
-from rnnlab.validate import ConfigError
+from rnnlab.errors import ConfigError, CorpusError
+from rnnlab.text import corpus as corpus_mod
+from rnnlab.text.corpus import download
+from rnnlab.training.run import AtomicCheckpointIO, train
 
 
 def summary(cfg) -> dict:

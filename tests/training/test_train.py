@@ -8,8 +8,8 @@ import pytest
 import torch
 from conftest import make_cfg
 
-from rnnlab.generate import generate, load_checkpoint
-from rnnlab.run import train
+from rnnlab.models.generate import generate, load_checkpoint
+from rnnlab.training.run import train
 
 COMBOS = [(m, s, b) for m in ("rnn_scratch", "rnn", "gru", "lstm")
           for s in ("random", "sequential") for b in ("regular", "randomized", "full")
@@ -114,12 +114,12 @@ def test_last_checkpoint_is_the_last_epoch_even_when_val_got_worse(cfg_factory):
 
 def test_book_rnn_and_best_presets_hold_their_settings_and_run(cfg_factory, tmp_path):
     book = cfg_factory("experiment=book_rnn")
-    assert book.model.core._target_ == "rnnlab.cores.ScratchRNN" and book.trainer.max_epochs
+    assert book.model.core._target_ == "rnnlab.models.cores.ScratchRNN" and book.trainer.max_epochs
     tiny = ["experiment=best", "model.core.num_hiddens=16", "model.embedding_dim=8",
             "trainer.max_epochs=2", "ngram_mix.order=4", "eval.lr=[0.01]", "eval.decay=[0]"]
     cfg = cfg_factory(*tiny)
     assert cfg.model.core.kind == "lstm" and cfg.bptt.mode == "randomized"
-    assert cfg.model.scheduler._target_ == "rnnlab.schedule.CosineSteps"  # steps, not seconds
+    assert cfg.model.scheduler._target_ == "rnnlab.models.schedule.CosineSteps"  # not seconds
     assert cfg.callbacks.early_stopping.monitor == "val/ppl" and cfg.eval.dynamic
     got = train(cfg)
     s = summary_of(cfg)
@@ -145,7 +145,7 @@ def test_max_time_is_a_guard_that_says_when_it_cut_a_run(cfg_factory):
 def test_held_out_window_length_changes_no_score(cfg_factory, corpus_file):
     import pytorch_lightning as pl
 
-    from rnnlab.data import TextDataModule
+    from rnnlab.text.datamodule import TextDataModule
 
     cfg = cfg_factory("model=lstm", "test=false")
     train(cfg)

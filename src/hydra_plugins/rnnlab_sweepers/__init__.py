@@ -4,7 +4,7 @@
     hparams_search=optuna        # hydra/sweeper: search, a resumable Optuna TPE search
 
 Both refuse a sweep dir that holds another sweep and end on a bad setting with one line and
-exit status 2 (rnnlab.sweep); the search lives in rnnlab.search. Imports stay light here:
+exit status 2 (sweeps.sweep); the search lives in rnnlab.sweeps.search. Imports stay light here:
 Hydra imports every plugin module at start-up, whatever the command.
 """
 
@@ -24,7 +24,7 @@ class ResumableSweeper(BasicSweeper):
     """Hydra's basic (grid) sweeper; a relaunch into the same sweep dir finishes the sweep."""
 
     def setup(self, *, hydra_context, task_function, config) -> None:
-        from rnnlab.sweep import RefusingLauncher
+        from rnnlab.sweeps.sweep import RefusingLauncher
 
         super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
         self.launcher = RefusingLauncher(self.launcher)
@@ -32,7 +32,7 @@ class ResumableSweeper(BasicSweeper):
     def sweep(self, arguments):
         from pathlib import Path
 
-        from rnnlab.sweep import claim_sweep_dir, one_line_errors, sweep_identity
+        from rnnlab.sweeps.sweep import claim_sweep_dir, one_line_errors, sweep_identity
 
         with one_line_errors():
             claim_sweep_dir(Path(self.config.hydra.sweep.dir),
@@ -41,7 +41,7 @@ class ResumableSweeper(BasicSweeper):
 
 
 class SearchSweeper(Sweeper):
-    """A seeded Optuna TPE search whose study lives in the sweep dir (see rnnlab.search)."""
+    """A seeded Optuna TPE search whose study lives in the sweep dir (see rnnlab.sweeps.search)."""
 
     def __init__(self, n_trials: int, n_jobs: int, seed: int, n_startup_trials: int,
                  study_name: str, params=None) -> None:
@@ -52,15 +52,15 @@ class SearchSweeper(Sweeper):
     def setup(self, *, hydra_context, task_function, config) -> None:
         from hydra.core.plugins import Plugins
 
-        from rnnlab.sweep import RefusingLauncher
+        from rnnlab.sweeps.sweep import RefusingLauncher
 
         self.config, self.hydra_context = config, hydra_context
         self.launcher = RefusingLauncher(Plugins.instance().instantiate_launcher(
             config=config, hydra_context=hydra_context, task_function=task_function))
 
     def sweep(self, arguments):
-        from rnnlab.search import Search
-        from rnnlab.sweep import one_line_errors
+        from rnnlab.sweeps.search import Search
+        from rnnlab.sweeps.sweep import one_line_errors
 
         with one_line_errors():
             return Search(self.config, self.hydra_context.config_loader, self.launcher,

@@ -10,17 +10,13 @@ ngram.json ({"best": {"n", "k", "val_ppl", "test_ppl"}, "table": [...], "zipf": 
 baseline a neural model on the same data.token must beat. Returns the best val perplexity.
 """
 
-import os
-import sys
+from __future__ import annotations
+
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-os.environ.setdefault("PROJECT_ROOT", str(ROOT))
+from omegaconf import DictConfig
 
-import hydra  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-
-from rnnlab.cli import build, check_command_line, run_main, save_config  # noqa: E402
+from rnnlab.config.cli import build, save_config
 
 NAMES = {1: "unigram", 2: "bigram", 3: "trigram"}
 
@@ -76,7 +72,7 @@ def corpus_stats(cfg: DictConfig) -> float:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from rnnlab.ngram import NGramCounts, perplexity_table, zipf_fit
+    from rnnlab.models.ngram import NGramCounts, perplexity_table, zipf_fit
 
     log = logging.getLogger("rnnlab.corpus_stats")
     started = time.time()
@@ -173,13 +169,3 @@ def _report(result: dict, counts, vocab, token: str, cfg) -> str:
               f"{b['val_ppl']:.3f}, test ppl {b.get('test_ppl', float('nan')):.3f}.", "",
               "![ppl](ngram_ppl.png)", ""]
     return "\n".join(lines)
-
-
-@hydra.main(version_base="1.3", config_path="../conf", config_name="stats")
-def main(cfg: DictConfig) -> float:
-    return run_main(corpus_stats, cfg)
-
-
-if __name__ == "__main__":
-    check_command_line(ROOT / "conf", "stats")  # typos: one line, before Hydra and torch
-    sys.exit(main())

@@ -1,7 +1,7 @@
 """The figures of a sweep report (scripts/report.py): what its table says, drawn.
 
-    from rnnlab.report_figures import figures, save_figures
-    figs = figures(jobs, keys)       # {"val_ppl.png": Figure, ...}; jobs from rnnlab.report
+    from rnnlab.analysis.figures import figures, save_figures
+    figs = figures(jobs, keys)       # {"val_ppl.png": Figure, ...}; jobs from analysis.report
     paths = save_figures(jobs, keys, sweep_dir)
 
 - val_ppl.png: val/ppl of every job.
@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from rnnlab.report import CLIP, Job, job_values
+from rnnlab.analysis.jobs import CLIP, Job, job_values
 
 GRAD_TAGS = ("train/grad_norm_max", "train/grad_norm")  # the per-interval max where logged
 
@@ -183,7 +183,7 @@ def plot_grad_through_time(jobs: list[Job], keys: list[str], out_dir: Path) -> l
     """grad_through_time.png: every job's last g(k) (summary.json's grad_g_h) on a log scale,
     coloured by the first swept key, line style by the second; beside it g(k) / g(0) with the
     reach threshold. Nothing when no job has a probe."""
-    from rnnlab.gradients import REACH_RATIO
+    from rnnlab.evaluation.probe import REACH_RATIO
 
     curves = [(j, [math.nan if v is None else v for v in j.summary["grad_g_h"]])
               for j in jobs if j.summary and j.summary.get("grad_g_h")]

@@ -3,14 +3,14 @@
     python scripts/report.py outputs/multiruns/<date>/<time>
     python scripts/report.py SWEEP_A SWEEP_B --baseline outputs/ngram.json   # one combined table
 
-    from rnnlab.report import write_report
+    from rnnlab.analysis.report import write_report
     markdown, written = write_report([Path("outputs/multiruns/<date>/<time>")])
 
 Writes into the first sweep dir: report.md, one row per configuration (the values of the
 overrides that vary between jobs, seed excluded) sorted by best val/ppl, the best starred, mean
 ± sample std over seeds; report.json, the same rows (inf/nan as null); val_ppl.png, factors.png
-grad_norm.png and grad_through_time.png (see rnnlab.report_figures); on a hparams_search dir
-also the trials ranked, best_experiment.yaml and search.png (rnnlab.search_report). Jobs
+grad_norm.png and grad_through_time.png (see rnnlab.analysis.figures); on a hparams_search dir
+also the trials ranked, best_experiment.yaml and search.png (rnnlab.analysis.search_report). Jobs
 without summary.json, still marked running (or killed), or with status failed are listed
 under "Missing / failed".
 """
@@ -19,12 +19,19 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
+from rnnlab.analysis.jobs import (
+    Job,
+    ReportError,
+    find_jobs,
+    job_values,
+    load_job,
+    read_file,
+    varied_keys,
+)
+from rnnlab.config.overrides import split_override
 
 METRICS = ("best_val_ppl", "final_val_ppl", "test_ppl", "train_ppl", "tokens_per_s",
            "wall_time_s", "clipped_fraction", "max_grad_norm", "val_ppl_mix", "test_ppl_mix",
@@ -37,110 +44,10 @@ COLUMNS = (("best val ppl", "best_val_ppl", None), ("final val ppl", "final_val_
 MIX_COLUMNS = (("val ppl, n-gram mix", "val_ppl_mix", None),  # shown when a job has them
                ("test ppl, n-gram mix", "test_ppl_mix", None),
                ("mix weight on the RNN", "mix_weight", "{:.2f}"))
-GRAD_COLUMNS = (("g(k) decay / step", "grad_decay_per_step", "{:.3f}"),  # rnnlab.gradients
+GRAD_COLUMNS = (("g(k) decay / step", "grad_decay_per_step", "{:.3f}"),  # rnnlab.evaluation.probe
                 ("reach (steps)", "grad_reach", "{:.0f}"),
                 ("grad beyond window", "grad_beyond_window", "{:.1%}"),
                 ("W_hh sigma max", "grad_w_hh_sigma_max", "{:.2f}"))
-NOT_SWEPT = {"seed"}  # seeds are averaged over, never a column
-CLIP = "trainer.gradient_clip_val"
-
-
-class ReportError(ValueError):
-    """A sweep dir that does not exist or holds no job dirs, or an unreadable baseline file."""
-
-
-@dataclass
-class Job:
-    sweep: str
-    dir: Path
-    name: str                      # the job dir relative to its sweep dir
-    overrides: list[str]
-    summary: dict | None           # None: no (readable) summary.json
-    config: dict | None            # the resolved config.yaml (or .hydra/config.yaml)
-    scalars: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
-
-
-def find_jobs(sweep_dir: Path) -> list[Path]:
-    """Every dir below `sweep_dir` holding .hydra/ or summary.json, in job-number order (Hydra
-    nests a job dir in subdirs when an override value contains '/', e.g. data.path=...)."""
-    if not sweep_dir.is_dir():
-        raise ReportError(f"{sweep_dir}: no such directory")
-    dirs = {p.parent for pattern in (".hydra", "summary.json") for p in sweep_dir.rglob(pattern)}
-    dirs = [d for d in dirs if d != sweep_dir and ".hydra" not in d.relative_to(sweep_dir).parts]
-    if not dirs:
-        raise ReportError(f"{sweep_dir} is not a sweep dir: no job dirs with .hydra/ or "
-                          f"summary.json below it")
-    number = lambda d: int(m.group(1)) if (m := re.match(r"(\d+)_", d.relative_to(
-        sweep_dir).as_posix())) else math.inf
-    return sorted(dirs, key=lambda d: (number(d), str(d)))
-
-
-def load_scalars(job_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """tag -> sorted (step, value) from every TensorBoard event dir under the job dir."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    from rnnlab.tbtags import metric_name
-
-    out: dict[str, list[tuple[int, float]]] = {}
-    for d in sorted({f.parent for f in job_dir.rglob("events.out.tfevents.*")}):
-        acc = EventAccumulator(str(d), size_guidance={"scalars": 0})
-        acc.Reload()
-        for tag in acc.Tags()["scalars"]:
-            out.setdefault(metric_name(tag), []).extend((e.step, e.value)
-                                                        for e in acc.Scalars(tag))
-    return {tag: sorted(points) for tag, points in out.items()}
-
-
-def _read(path: Path, loader) -> object | None:
-    try:
-        return loader(path.read_text()) if path.is_file() else None
-    except (ValueError, yaml.YAMLError):
-        return None
-
-
-def load_job(sweep: str, sweep_dir: Path, job_dir: Path) -> Job:
-    summary = _read(job_dir / "summary.json", json.loads)
-    summary = summary if isinstance(summary, dict) else None
-    overrides = _read(job_dir / ".hydra" / "overrides.yaml", yaml.safe_load)
-    if not isinstance(overrides, list):
-        overrides = (summary or {}).get("overrides") or []
-    config = _read(job_dir / "config.yaml", yaml.safe_load) or _read(
-        job_dir / ".hydra" / "config.yaml", yaml.safe_load)
-    return Job(sweep, job_dir, job_dir.relative_to(sweep_dir).as_posix(),
-               [str(o) for o in overrides], summary, config if isinstance(config, dict) else None,
-               load_scalars(job_dir))
-
-
-def parse_override(override: str) -> tuple[str, str]:
-    key, _, value = override.partition("=")
-    return key.lstrip("+~"), value
-
-
-def swept_keys(jobs: list[Job]) -> list[str]:
-    """Override keys whose value differs between jobs (absent counts as a value), seed excluded."""
-    per_job = [dict(map(parse_override, j.overrides)) for j in jobs]
-    keys = list(dict.fromkeys(k for ov in per_job for k in ov))
-    return [k for k in keys if k not in NOT_SWEPT and len({ov.get(k) for ov in per_job}) > 1]
-
-
-def job_values(job: Job, keys: list[str]) -> dict[str, str]:
-    """The job's value for each key: its override, else the resolved config's, else 'default'."""
-    overrides = dict(map(parse_override, job.overrides))
-    out = {}
-    for key in keys:
-        if key == "sweep":
-            out[key] = job.sweep
-        elif key in overrides:
-            out[key] = overrides[key]
-        else:
-            value: object = job.config
-            for part in key.split("."):
-                value = value.get(part, {}) if isinstance(value, dict) else {}
-            out[key] = "default" if isinstance(value, (dict, list)) else \
-                json.dumps(value).strip('"')
-    return out
-
-
 def _mean_std(values: list[float]) -> dict:
     n = len(values)
     mean = sum(values) / n if n else None
@@ -180,7 +87,7 @@ def aggregate(items: list[tuple[dict[str, str], dict]]) -> list[dict]:
 
 def load_baseline(path: Path) -> dict:
     """The "best" entry of scripts/corpus_stats.py's ngram.json: n, k, val_ppl, test_ppl."""
-    data = _read(path, json.loads) if path.is_file() else None
+    data = read_file(path, json.loads) if path.is_file() else None
     if data is None:
         raise ReportError(f"--baseline {path}: no such file or not JSON")
     best = data.get("best") if isinstance(data, dict) else None
@@ -261,8 +168,8 @@ def missing_jobs(jobs: list[Job], keys: list[str]) -> list[dict]:
 def write_report(sweep_dirs: list[Path], baseline: Path | None = None) -> tuple[str, list[Path]]:
     """Read every job of every sweep dir, write report.md/.json and the plots into the first;
     returns the markdown and the paths written. Raises ReportError on a dir that is no sweep."""
-    from rnnlab.report_figures import plot_grad_through_time, save_figures  # matplotlib: here
-    from rnnlab.search_report import search_section  # optuna too
+    from rnnlab.analysis.figures import plot_grad_through_time, save_figures  # matplotlib: here
+    from rnnlab.analysis.search_report import search_section  # optuna too
 
     sweep_dirs = list(dict.fromkeys(Path(d).resolve() for d in sweep_dirs))
     names = [d.name for d in sweep_dirs]
@@ -270,7 +177,7 @@ def write_report(sweep_dirs: list[Path], baseline: Path | None = None) -> tuple[
     found = [(label, d, find_jobs(d)) for label, d in zip(labels, sweep_dirs)]
     base = load_baseline(baseline) if baseline else None
     jobs = [load_job(label, d, j) for label, d, dirs in found for j in dirs]
-    keys = swept_keys(jobs)
+    keys = varied_keys(jobs)
     columns = (["sweep"] if len(sweep_dirs) > 1 else []) + keys
     finished = [j for j in jobs if j.summary is not None]
     rows = aggregate([(job_values(j, columns), j.summary) for j in finished])
@@ -279,7 +186,7 @@ def write_report(sweep_dirs: list[Path], baseline: Path | None = None) -> tuple[
     table = render_table(rows, columns, base)
     missing = missing_jobs(jobs, keys)
     shared = sorted({o for j in jobs for o in j.overrides} - {
-        o for j in jobs for o in j.overrides if parse_override(o)[0] in keys + ["seed"]})
+        o for j in jobs for o in j.overrides if split_override(o)[0] in keys + ["seed"]})
     out_dir = sweep_dirs[0]
     plots = save_figures(jobs, columns, out_dir) + plot_grad_through_time(jobs, columns, out_dir)
     # a hparams_search sweep dir: its trials ranked, the best as an experiment overlay, search.png

@@ -1,7 +1,7 @@
 """The search part of a sweep report (scripts/report.py on a hparams_search=optuna sweep dir).
 
-    from rnnlab.search_report import search_section
-    lines, written = search_section(sweep_dir, jobs)   # jobs: rnnlab.report.load_job's
+    from rnnlab.analysis.search_report import search_section
+    lines, written = search_section(sweep_dir, jobs)   # jobs: rnnlab.analysis.report.load_job's
 
 A sweep dir holding `study.db` is a search. Its report gets:
 - the trials ranked by their objective (the val/ppl the search minimised; test is never
@@ -23,7 +23,8 @@ from pathlib import Path
 
 import yaml
 
-from rnnlab.report import Job, parse_override
+from rnnlab.analysis.jobs import Job
+from rnnlab.config.overrides import split_override
 
 STUDY = "study.db"
 OVERLAY = "best_experiment.yaml"
@@ -72,8 +73,8 @@ def fixed_overrides(trial: Trial) -> list[str]:
     """The best trial's command-line overrides that were not searched and are not the search
     itself (hparams_search=..., hydra.*): what reproducing it needs besides the overlay."""
     overrides = (trial.job.overrides if trial.job else []) or []
-    return [o for o in overrides if parse_override(o)[0] not in trial.params
-            and not parse_override(o)[0].startswith(("hparams_search", "hydra"))]
+    return [o for o in overrides if split_override(o)[0] not in trial.params
+            and not split_override(o)[0].startswith(("hparams_search", "hydra"))]
 
 
 def _nested(params: dict[str, object]) -> dict:

@@ -13,16 +13,14 @@ from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, ListConfig
 
+from rnnlab.errors import ConfigError
+
 if TYPE_CHECKING:
     from torch import nn
 
-    from rnnlab.vocab import Vocab
+    from rnnlab.text.vocab import Vocab
 
 log = logging.getLogger(__name__)
-
-
-class ConfigError(ValueError):
-    pass
 
 
 def _choice(key: str, value, allowed) -> None:
@@ -38,7 +36,9 @@ def _positive_int(key: str, value) -> None:
 def validate_config(cfg: DictConfig) -> None:
     """What the constructors do not check themselves (TextDataModule checks its own names,
     sizes and splits when it is built, which is before any data is read)."""
-    from rnnlab.data import WINDOWS  # torch: here, not in every importer (a sweep's main process)
+    from rnnlab.text.datamodule import (
+        WINDOWS,  # torch: here, not in every importer (a sweep's main process)
+    )
 
     data, model = cfg.data, cfg.model
     _choice("bptt", cfg.bptt.mode, WINDOWS)
@@ -76,9 +76,6 @@ def validate_config(cfg: DictConfig) -> None:
     if ckpt is not None and not Path(ckpt).is_file():
         raise ConfigError(f"ckpt_path={ckpt} does not exist; pass a run's "
                           f"checkpoints/last.ckpt, or ckpt_path=null to start fresh")
-    from rnnlab.distributed import check_distributed  # devices, world size (imports Lightning)
-
-    check_distributed(cfg)
 
 
 def _dynamic_eval(ev: DictConfig, cfg: DictConfig) -> None:

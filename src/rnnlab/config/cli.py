@@ -27,7 +27,6 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException, InstantiationException
@@ -36,10 +35,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-import rnnlab.runname  # noqa: F401  registers ${rnnlab.run_name:} (sweep job dir names)
+import rnnlab.config.runname  # noqa: F401  registers ${rnnlab.run_name:} (sweep job dir names)
+from rnnlab.config.overrides import hydra_runtime
+from rnnlab.config.saved import flatten, plain_config
+from rnnlab.errors import NO_GPU
 
 log = logging.getLogger("rnnlab")
-NO_GPU = "no GPU found; train on the CPU with trainer=cpu"
 SPECIAL_KEYS = {"_target_", "_partial_", "_args_", "_recursive_", "_convert_"}
 
 
@@ -98,7 +99,8 @@ def _problem(config_name: str, overrides: list[Override], multirun: bool) -> str
             return (f"{o.key_or_group}={value} is {what}; to "
                     f"mean one string, quote it inside the shell's quotes: "
                     f"'{o.key_or_group}=\"{value}\"'; to run each value, add --multirun")
-    keys = _keys(OmegaConf.to_container(base, resolve=False))
+    flat = flatten(OmegaConf.to_container(base, resolve=False))
+    keys = {*flat, *(p for k in flat for p in _parents(k))}
     added = []
     for o in overrides:
         if o in groups:
@@ -141,17 +143,6 @@ def _first_values(overrides: list[Override]) -> list[str]:
             out.append(o.input_line)
         elif (values := _values(o)) is not None:
             out.append(f"{o.get_key_element()}={values[0]}")
-    return out
-
-
-def _keys(node, prefix: str = "") -> set[str]:
-    """Every dotted key of a plain container, inner nodes included."""
-    items = node.items() if isinstance(node, dict) else enumerate(node) \
-        if isinstance(node, list) else ()
-    out = set()
-    for k, v in items:
-        key = f"{prefix}{k}"
-        out |= {key, *_keys(v, key + ".")}
     return out
 
 
@@ -278,10 +269,10 @@ def _remove_refused_run_dir() -> None:
     """A refused run leaves no run dir behind: Hydra made it (with .hydra/) before the task ran.
     It is removed only while it holds nothing but what a run writes before it reads any data
     (never a dir with checkpoints, TensorBoard events or files of the user's)."""
-    try:
-        out = Path(HydraConfig.get().runtime.output_dir).resolve()
-    except ValueError:
+    hc = hydra_runtime()
+    if hc is None:
         return
+    out = Path(hc.runtime.output_dir).resolve()
     if out == Path.cwd().resolve() or not (out / ".hydra").is_dir() or any(
             p.name not in RUN_DIR_START and p.suffix != ".log" for p in out.iterdir()):
         return
@@ -295,10 +286,8 @@ def _remove_refused_run_dir() -> None:
 
 def is_multirun() -> bool:
     """Whether this process runs a job of a Hydra multirun (False outside Hydra's runtime)."""
-    try:
-        return HydraConfig.get().mode == RunMode.MULTIRUN
-    except ValueError:  # composed without Hydra's runtime (tests)
-        return False
+    hc = hydra_runtime()
+    return hc is not None and hc.mode == RunMode.MULTIRUN
 
 
 def run_main(task: Callable[[DictConfig], object], cfg: DictConfig):
@@ -318,10 +307,8 @@ def save_config(cfg: DictConfig, out_dir: Path) -> Path:
     """The resolved config (without Hydra's own node) as out_dir/config.yaml, and in the log
     (on the console too with print_config=true)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    plain = {key: OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value)
-             else value for key, value in cfg.items() if key != "hydra"}
     path = out_dir / "config.yaml"
-    path.write_text(OmegaConf.to_yaml(plain))
+    path.write_text(OmegaConf.to_yaml(plain_config(cfg)))
     log.log(logging.INFO if cfg.get("print_config") else logging.DEBUG, "config:\n%s",
             path.read_text())
     return path

@@ -4,7 +4,7 @@
     -> 0_model=rnn_scratch,sampling=random   (not 0_data.sampling=random,model=rnn_scratch,
                                                trainer.max_epochs=2,...)
 
-Importing this module registers the `rnnlab.run_name` resolver; rnnlab.cli imports it, so every
+Importing this module registers the `rnnlab.run_name` resolver; config.cli imports it, so every
 script, and every launcher's worker (which unpickles the scripts' `run_main`), has it. The swept
 keys are the sweeper's `params` and the command line's sweep overrides, which the basic sweeper
 saves unexpanded in <sweep dir>/multirun.yaml before it launches a job. Where neither is known,
@@ -17,6 +17,8 @@ from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
+
+from rnnlab.config.overrides import split_override
 
 
 def swept_keys(params: DictConfig | dict | None, multirun_yaml: Path | None) -> list[str]:
@@ -40,9 +42,8 @@ def run_name(*, _root_: DictConfig) -> str:
     try:
         swept = set(swept_keys(hydra.sweeper.get("params"),
                                Path(hydra.sweep.dir) / "multirun.yaml"))
-        own = [o.partition("=") for o in hydra.overrides.task]
-        parts = sorted(f"{k.lstrip('+~').split('.')[-1]}={v}".replace("/", "-")
-                       for k, _, v in own if k.lstrip("+~") in swept)
+        own = [split_override(o) for o in hydra.overrides.task]
+        parts = sorted(f"{k.split('.')[-1]}={v}".replace("/", "-") for k, v in own if k in swept)
     except Exception:  # never let a name stop a sweep
         parts = []
     return ",".join(parts) or hydra.job.override_dirname

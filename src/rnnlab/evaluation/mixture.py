@@ -21,8 +21,8 @@ import math
 import numpy as np
 import torch
 
-from rnnlab.evaluation import stream_log_probs
-from rnnlab.kneser_ney import KneserNeyLM
+from rnnlab.evaluation.heldout import stream_log_probs
+from rnnlab.models.kneser_ney import KneserNeyLM
 
 log = logging.getLogger(__name__)
 GRID = [i / 20 for i in range(21)]  # a = 0: the n-gram alone; a = 1: the RNN alone
@@ -38,7 +38,7 @@ def evaluate_mixture(model: torch.nn.Module, corpus: dict[str, torch.Tensor], vo
                      ) -> dict[str, float]:
     """Fit the n-gram on corpus["train"], choose a on corpus["val"], score corpus["test"].
     `dynamic`: the dynamically evaluated model's log-probabilities per split
-    (rnnlab.evaluation.evaluate_dynamic), mixed the same way as `dyn_mix` with its own weight."""
+    (evaluation.heldout.evaluate_dynamic), mixed the same way as `dyn_mix` with its own weight."""
     if len(corpus.get("val", ())) < 2:
         raise ValueError("ngram_mix needs a validation split (data.splits with a val fraction) "
                          "to choose the mixture weight on")

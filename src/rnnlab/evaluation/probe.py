@@ -1,6 +1,6 @@
 """Gradients through time (D2L 8.7): how far back the gradient of the loss reaches.
 
-    from rnnlab.gradients import probe, probe_windows
+    from rnnlab.evaluation.probe import probe, probe_windows
     X, Y = probe_windows(dm.corpus["val"], probe_steps=200, rows=16)
     result = probe(model, X, Y, max_distance=150, num_steps=35)
     result.g["h"]        # g(k) = mean over rows of ||dL_T / dh_{T-k}||, k = 0..max_distance

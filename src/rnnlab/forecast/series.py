@@ -4,7 +4,7 @@ and a latent-autoregressive variant whose RNN hidden state h_t summarises x_1..x
     python scripts/forecast.py                               # T=1000, tau=4, MLP + latent RNN
     python scripts/forecast.py data.tau=16 latent.model.core.kind=gru latent.enabled=false
 
-    from rnnlab.forecast import SeriesDataModule, LagMLP, evaluate
+    from rnnlab.forecast.series import SeriesDataModule, LagMLP, evaluate
     dm = SeriesDataModule(T=1000, tau=4, n_train=600); dm.setup()
     model = LagMLP(tau=4); pl.Trainer(max_epochs=5).fit(model, datamodule=dm)
     ev = evaluate(model, dm, ks=(1, 4, 16, 64)); ev["mse"][64]
@@ -123,7 +123,7 @@ def _top_hidden(state: tuple[torch.Tensor, ...]) -> torch.Tensor:
 
 class LatentAR(pl.LightningModule):
     """Latent autoregression: h_t = core(x_t, h_{t-1}), x_{t+1} ~ Linear(h_t). Any core of
-    `rnnlab.cores` fed float inputs (T, B, 1); trained with teacher forcing on windows, the
+    `rnnlab.models.cores` fed float inputs (T, B, 1); trained with teacher forcing on windows, the
     first `warmup` steps of each window (too little history) left out of the loss."""
 
     def __init__(self, core: Callable[..., nn.Module], lr: float = 0.01, warmup: int = 4):

@@ -11,17 +11,15 @@ kstep_<model>.png (k-step curves), mse_vs_k.png, and tb/<model>/ (TensorBoard, w
 Returns the MLP's largest-k MSE.
 """
 
+from __future__ import annotations
+
 import os
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-os.environ.setdefault("PROJECT_ROOT", str(ROOT))
+from omegaconf import DictConfig
 
-import hydra  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-
-from rnnlab.cli import build, check_command_line, run_main, save_config  # noqa: E402
+from rnnlab.config.cli import build, save_config
 
 
 def _plots(name: str, dm, ev: dict):
@@ -79,9 +77,9 @@ def forecast(cfg: DictConfig) -> float:
     import pytorch_lightning as pl
     import torch
 
-    from rnnlab.forecast import evaluate
+    from rnnlab.forecast.series import evaluate
 
-    log = logging.getLogger("rnnlab.forecast")
+    log = logging.getLogger("rnnlab.forecast.series")
     started = time.time()
     out_dir = Path(cfg.paths.output_dir)
     save_config(cfg, out_dir)
@@ -151,13 +149,3 @@ def forecast(cfg: DictConfig) -> float:
     log.info("forecast MSE per k:\n%s", table)
     log.info("outputs in %s", out_dir)
     return summary["mse"][str(ks[-1])]
-
-
-@hydra.main(version_base="1.3", config_path="../conf", config_name="forecast")
-def main(cfg: DictConfig) -> float:
-    return run_main(forecast, cfg)
-
-
-if __name__ == "__main__":
-    check_command_line(ROOT / "conf", "forecast")  # typos: one line, before Hydra and torch
-    sys.exit(main())

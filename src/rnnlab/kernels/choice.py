@@ -1,6 +1,6 @@
 """Kernel choices for the CPU fast path, made by timing the candidates on this machine.
 
-    from rnnlab import kernels
+    from rnnlab.kernels import choice as kernels
     kernels.configure(tanh="auto", matmul="auto", linear="auto")  # run.py, from cfg.kernels
     plus_matmul = kernels.step_matmul(W, rows=32, steps=35)  # (a, c, beta) -> beta c + a @ W
     use_sigmoid = kernels.tanh_via_sigmoid(z)                  # tanh(z) = 2 sigmoid(2z) - 1?
@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
-from rnnlab import onednn
+from rnnlab.kernels import onednn
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@
 
 Inputs are time-major: token indices of shape (T, B), which a core treats as one-hot vectors of
 width `input_size`, or float features (T, B, input_size) from an embedding. Outputs are
-(T, B, num_hiddens); the language-model head lives in `rnnlab.lm`, so cores are interchangeable.
+(T, B, num_hiddens); the language-model head lives in `models.lm`, so cores are interchangeable.
 States are tuples of tensors, so the RNN's (H,) and the LSTM's (H, C) go through the same code.
 """
 
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnlab import kernels
+from rnnlab.kernels import choice as kernels
 
 State = tuple[torch.Tensor, ...]
 
@@ -26,7 +26,7 @@ class TanhRecurrence(torch.autograd.Function):
 
     Each step is one matrix product and a few elementwise ops on its result while that result
     (256 x 512 floats at most, 0.5 MB) is still in cache; a pass over all steps' (T, B, H)
-    tensors would read them back from memory. Which kernels run is measured (`rnnlab.kernels`):
+    tensors would read them back from memory. Which kernels run is measured (`kernels.choice`):
     tanh directly or as 2 sigmoid(2z) - 1 with 2 Z_t = 2 XW_t + H_{t-1} (2 W_hh) (torch's tanh
     costs 3.5 ns per element and its sigmoid 0.5 on an AMD EPYC, 0.59 and 0.81 on an Intel Xeon),
     and the product through MKL's addmm or a pre-reordered oneDNN weight.

@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from rnnlab.cli import build
-from rnnlab.lm import LanguageModel
-from rnnlab.vocab import Vocab, join_tokens, preprocess, tokenize
+from rnnlab.config.cli import build
+from rnnlab.models.lm import LanguageModel
+from rnnlab.text.vocab import Vocab, join_tokens, preprocess, tokenize
 
 log = logging.getLogger(__name__)
 

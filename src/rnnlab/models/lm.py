@@ -6,14 +6,14 @@
     trainer.fit(model, datamodule)                       # val/ppl; the monitor logs train/*
 
 This is chapter 8's model and nothing else: tokens are encoded (one-hot, or an embedding), a core
-(`rnnlab.cores`) turns them into hidden states, a linear head into logits, and the loss is the
+(`models.cores`) turns them into hidden states, a linear head into logits, and the loss is the
 token cross-entropy. The hidden-state policy: with sequential partitioning the state is carried
 across minibatches and detached (so the window is the truncation point); with random sampling
 each minibatch starts from zeros. It is reset at every epoch start and before validation and
 test, and training's carried state is put back after a validation. Statistics and the divergence
-guard live in `rnnlab.monitor`, held-out sums in `rnnlab.evaluation`.
+guard live in `rnnlab.training.monitor`, held-out sums in `rnnlab.evaluation.heldout`.
 
-Under DDP (`rnnlab.distributed`) each rank holds a block of the minibatch's rows and their carried
+Under DDP (`training.distributed`) each rank holds a block of the minibatch's rows and their carried
 state; dropout masks are drawn for the whole global batch on every rank (same seed, same draws)
 and each rank keeps its rows, and checkpoints hold the state of all rows, so a run is the same
 as one process and resumes on any world size that divides the batch.
@@ -30,28 +30,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnlab.cores import ScratchRNN, State, detach_state
-from rnnlab.evaluation import HeldOutScore
-from rnnlab.kernels import linear
-from rnnlab.monitor import global_grad_norm
+from rnnlab.kernels.choice import linear
+from rnnlab.models.clipping import clip_grad_norm_book, global_grad_norm
+from rnnlab.models.cores import ScratchRNN, State, detach_state
+from rnnlab.models.perplexity import HeldOutScore
 
 log = logging.getLogger(__name__)
-
-
-def clip_grad_norm_book(params: list[nn.Parameter], theta: float,
-                        norm: torch.Tensor | None = None) -> torch.Tensor:
-    """D2L's hand-written clipping: scale all gradients by min(1, theta / ||g||).
-    The min is a tensor op, so the step never waits on the device to compare norms. `norm`, when
-    the caller has it already, saves a second pass over the gradients."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return torch.zeros(())
-    if norm is None:
-        norm = torch.sqrt(sum(torch.sum(g * g) for g in grads))
-    scale = torch.clamp(theta / norm, max=1.0)
-    for g in grads:
-        g.mul_(scale)
-    return norm
 
 
 class LanguageModel(pl.LightningModule):

@@ -1,6 +1,6 @@
 """N-gram statistics and add-k smoothed n-gram language models over index sequences (D2L 8.3).
 
-    from rnnlab.ngram import NGramCounts, AddKLM, zipf_fit, perplexity_table
+    from rnnlab.models.ngram import NGramCounts, AddKLM, zipf_fit, perplexity_table
     counts = NGramCounts(dm.corpus["train"], max_n=5, vocab_size=len(dm.vocab))
     counts.top(2, 10)                      # the 10 most frequent bigrams: [((i, j), count), ...]
     counts.distinct(3)                     # number of distinct trigrams

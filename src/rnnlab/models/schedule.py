@@ -1,7 +1,7 @@
 """Cosine learning-rate schedules: over a number of steps (the presets'), or over the wall clock.
 
-    scheduler: {_target_: rnnlab.schedule.CosineSteps, _partial_: true, total_steps: 3000}
-    scheduler: {_target_: rnnlab.schedule.WallClockCosine, _partial_: true, budget_s: 540}
+    scheduler: {_target_: rnnlab.models.schedule.CosineSteps, _partial_: true, total_steps: 3000}
+    scheduler: {_target_: rnnlab.models.schedule.WallClockCosine, _partial_: true, budget_s: 540}
 
 `CosineSteps` is reproducible: the same steps get the same learning rates on any machine.
 `WallClockCosine` goes from 1 to `min_factor` over `budget_s` seconds of training, whatever the

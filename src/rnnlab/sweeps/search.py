@@ -7,12 +7,12 @@ The study is `<sweep dir>/study.db` (SQLite). Trial n is job dir `<n>_trial` and
 a TPE sampler seeded `seed + n`, from the trials finished before it; so a search killed and
 launched again asks exactly what an uninterrupted one would have. On a relaunch the trials
 that were running (killed) are run again with their stored parameters: their jobs resume from
-last.ckpt or return their stored result (rnnlab.resume), so nothing is trained twice. Then new
+last.ckpt or return their stored result (training.relaunch), so nothing is trained twice. Then new
 trials are asked until the study holds `n_trials`.
 
 Before anything runs, each search parameter is checked: it must parse, its range must not be
 empty, it must name a key of the train config, and both ends of its range must pass the
-config checks (rnnlab.validate). A failure is one ConfigError line naming the parameter.
+config checks (rnnlab.config.checks). A failure is one ConfigError line naming the parameter.
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import TrialState
 
-from rnnlab.sweep import claim_sweep_dir, sweep_identity
-from rnnlab.validate import ConfigError, validate_config
+from rnnlab.config.checks import validate_config
+from rnnlab.errors import ConfigError
+from rnnlab.sweeps.sweep import claim_sweep_dir, sweep_identity
 
 log = logging.getLogger("rnnlab")
 FIX = ("write interval(low, high) with low < high, tag(log, interval(low, high)) with low > 0, "

@@ -7,7 +7,7 @@ The first launch writes `sweep.yaml` into the sweep dir: the sweep's kind, its s
 parameters and the composed config (unresolved, without Hydra's node and without the keys a
 relaunch may change: resources, launcher, n_trials). A later launch into the same dir must match
 it, or it is refused with one line: it would mix two sweeps' jobs in one table. The jobs
-themselves then finish, resume or stay as they were (rnnlab.resume).
+themselves then finish, resume or stay as they were (rnnlab.training.relaunch).
 
 A `ConfigError` (a bad setting, or a job refusing a changed config) ends the whole sweep with
 `error: ...` on stderr and exit status 2, as in a single run.
@@ -25,8 +25,9 @@ import yaml
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, OmegaConf
 
-from rnnlab.resume import IGNORED, config_differences
-from rnnlab.validate import ConfigError
+from rnnlab.config.overrides import split_override
+from rnnlab.errors import ConfigError
+from rnnlab.training.relaunch import IGNORED, config_differences
 
 log = logging.getLogger("rnnlab")
 MANIFEST = "sweep.yaml"
@@ -35,19 +36,14 @@ FREE_OVERRIDES = ("hydra/launcher", "hydra.launcher", "hydra.sweep.dir", "hydra.
                   "hydra.sweeper.n_jobs", "hydra.verbose", "hydra.job_logging", *IGNORED)
 
 
-def _key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
-
-
 def sweep_identity(kind: str, config: DictConfig, arguments: Sequence[str]) -> dict:
     """What makes two launches the same sweep (see the module docstring)."""
     plain = OmegaConf.to_container(config, resolve=False)
     params = plain.get("hydra", {}).get("sweeper", {}).get("params") or {}
     return {"kind": kind,
             "params": {str(k): str(v) for k, v in params.items()},
-            "overrides": {_key(o): o.split("=", 1)[-1] for o in sorted(arguments)
-                          if not any(_key(o) == f or _key(o).startswith(f + ".")
-                                     for f in FREE_OVERRIDES)},
+            "overrides": {key: value for key, value in map(split_override, sorted(arguments))
+                          if not any(key == f or key.startswith(f + ".") for f in FREE_OVERRIDES)},
             "config": {k: v for k, v in plain.items() if k != "hydra" and k not in IGNORED}}
 
 

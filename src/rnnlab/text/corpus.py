@@ -1,6 +1,6 @@
 """Corpus files: download and cache the Time Machine, or read any local UTF-8 text file.
 
-    from rnnlab.corpus import resolve_corpus, read_text
+    from rnnlab.text.corpus import resolve_corpus, read_text
     path = resolve_corpus(None, "outputs/data")      # downloads once, verifies sha1, caches
     text = read_text(path)
 
@@ -18,13 +18,11 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
+from rnnlab.errors import CorpusError
+
 TIME_MACHINE_URL = "http://d2l-data.s3-accelerate.amazonaws.com/timemachine.txt"
 TIME_MACHINE_SHA1 = "090b5e7e70c295757f55df93cb0a180b9691891a"
 TIME_MACHINE_NAME = "timemachine.txt"
-
-
-class CorpusError(ValueError):
-    """A corpus that cannot be used; the message names the value and the fix."""
 
 
 def sha1_of(path: Path) -> str:

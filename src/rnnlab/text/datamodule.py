@@ -28,8 +28,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from rnnlab.corpus import read_text, resolve_corpus
-from rnnlab.vocab import PREPROCESS, TOKENS, Vocab, encode_corpus, preprocess
+from rnnlab.text.corpus import read_text, resolve_corpus
+from rnnlab.text.vocab import PREPROCESS, TOKENS, Vocab, encode_corpus, preprocess
 
 SAMPLING = ("random", "sequential")
 WINDOWS = ("regular", "randomized", "full")

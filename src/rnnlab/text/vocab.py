@@ -1,6 +1,6 @@
 """Text to indices (D2L 8.2): preprocessing, char/word tokens, the Vocab, vectorised encoding.
 
-    from rnnlab.vocab import preprocess, encode_corpus
+    from rnnlab.text.vocab import preprocess, encode_corpus
     text = preprocess(raw, "letters")                  # the book's: non-letters -> ' ', lower-case
     ids, vocab = encode_corpus(text, "char", vocab_fraction=0.9)
 

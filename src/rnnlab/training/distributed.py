@@ -8,7 +8,7 @@
 
 What is here and why:
 - `check_distributed`: the device and world-size checks made before any Trainer exists (one
-  line each, exit status 2 through `rnnlab.cli`): no GPU, more devices than exist, a batch the
+  line each, exit status 2 through `config.cli`): no GPU, more devices than exist, a batch the
   world size does not divide;
 - `HydraDDPStrategy`: Lightning's `DDPStrategy` whose launcher starts ranks > 0 as single runs of
   *this job* (its overrides, its output dir). Lightning's own re-launch repeats the command line,
@@ -18,7 +18,7 @@ What is here and why:
 - `agree_on_signal`: a SIGINT/SIGTERM that reached one rank stops every rank at the same step;
 - `pack_gpu`: in a joblib sweep (`hydra/launcher=parallel`) on GPUs, job i trains on GPU
   i mod (number of GPUs).
-The data plan's rows per rank are in `rnnlab.data`, held-out sums in `rnnlab.evaluation`.
+The data plan's rows per rank are in `text.datamodule`, held-out sums in `evaluation.heldout`.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ from omegaconf import DictConfig, ListConfig, open_dict
 from pytorch_lightning.strategies import DDPStrategy
 from pytorch_lightning.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 
-from rnnlab.cli import NO_GPU
-from rnnlab.validate import ConfigError
+from rnnlab.config.overrides import hydra_runtime
+from rnnlab.errors import NO_GPU, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def check_distributed(cfg: DictConfig) -> None:
     trainer, data = cfg.trainer, cfg.data
     acc = _accelerator(trainer)
     if acc == "gpu" and not torch.cuda.is_available():
-        # the command line is checked the same way before torch is imported (rnnlab.cli)
+        # the command line is checked the same way before torch is imported (rnnlab.config.cli)
         raise ConfigError(f"trainer.accelerator={trainer.get('accelerator')}: {NO_GPU} (or "
                           f"trainer=ddp trainer.accelerator=cpu for several processes)")
     per_node = devices_per_node(trainer)
@@ -125,10 +125,8 @@ def check_distributed(cfg: DictConfig) -> None:
 
 
 def _hydra_launcher() -> DictConfig:
-    try:
-        return HydraConfig.get().launcher
-    except ValueError:  # composed without Hydra's runtime (tests)
-        return DictConfig({})
+    hc = hydra_runtime()  # None: composed without Hydra's runtime (tests)
+    return hc.launcher if hc is not None else DictConfig({})
 
 
 def env_rank(trainer: DictConfig) -> int:
@@ -228,7 +226,7 @@ def gpu_for_job(job_num: int, num_gpus: int) -> int:
 
 def pack_gpu(cfg: DictConfig) -> int | None:
     """In a joblib sweep on GPUs, put this job on GPU job.num mod (GPUs): n_jobs jobs share the
-    machine's GPUs evenly (CPU threads are split by `rnnlab.run.torch_threads`). Returns the
+    machine's GPUs evenly (CPU threads are split by `training.run.torch_threads`). Returns the
     GPU, or None where the run is not such a job (or chose its devices as a list)."""
     trainer = cfg.trainer
     if "joblib" not in _hydra_launcher().get("_target_", "") or _accelerator(trainer) != "gpu":

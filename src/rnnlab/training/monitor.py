@@ -35,16 +35,10 @@ import time
 import pytorch_lightning as pl
 import torch
 
+from rnnlab.models.clipping import global_grad_norm, max_abs_grad
+
 log = logging.getLogger(__name__)
 LOG_FLOAT_MAX = math.log(torch.finfo(torch.float32).max)  # exp() of a larger loss overflows
-
-
-def global_grad_norm(grads: list[torch.Tensor]) -> torch.Tensor:
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-
-
-def max_abs_grad(grads: list[torch.Tensor]) -> torch.Tensor:
-    return torch.stack(torch._foreach_norm(grads, math.inf)).max()
 
 
 def exp_or_inf(x: float) -> float:

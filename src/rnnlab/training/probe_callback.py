@@ -1,4 +1,4 @@
-"""The gradients-through-time probe (rnnlab.gradients) during training, into TensorBoard.
+"""The gradients-through-time probe (rnnlab.evaluation.probe) during training, into TensorBoard.
 
     callbacks: [GradientsThroughTime(every_n_epochs=5, probe_steps=200, max_distance=150)]
 
@@ -21,10 +21,10 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from rnnlab.gradients import probe, probe_windows
+from rnnlab.evaluation.probe import probe, probe_windows
 
 log = logging.getLogger(__name__)
-GROUP = "through_time"  # TensorBoard's tag group: after "perplexity" (rnnlab.tbtags)
+GROUP = "through_time"  # TensorBoard's tag group: after "perplexity" (rnnlab.training.tbtags)
 KEY = "callbacks.gradients"  # the callback's node in conf/callbacks/default.yaml
 DEFAULT_PROBE_STEPS = 200
 

@@ -1,6 +1,6 @@
 """One training run from a composed Hydra config: validate, build, fit, test, write summary.json.
 
-    from rnnlab.run import train
+    from rnnlab.training.run import train
     metric = train(cfg)          # best val/ppl; what scripts/train.py returns to sweepers
 
 Whatever happens (finished, diverged, interrupted by SIGINT/SIGTERM, or an error) the run dir ends
@@ -22,34 +22,35 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from hydra.core.hydra_config import HydraConfig
 from lightning_fabric.utilities.seed import reset_seed
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import RichProgressBar, Timer
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
-from rnnlab import kernels
-from rnnlab.cli import build, is_multirun, save_config
-from rnnlab.distributed import (
+from rnnlab.config.checks import (
+    check_full_bptt_memory,
+    check_resume_checkpoint,
+    validate_config,
+)
+from rnnlab.config.cli import build, is_multirun, save_config
+from rnnlab.config.overrides import hydra_runtime, job_overrides
+from rnnlab.errors import ConfigError
+from rnnlab.evaluation.dynamic import evaluate_dynamic
+from rnnlab.evaluation.mixture import evaluate_mixture
+from rnnlab.kernels import choice as kernels
+from rnnlab.training.distributed import (
     agree_on_signal,
+    check_distributed,
     devices_per_node,
     end_job,
     env_rank,
     is_ddp,
     pack_gpu,
 )
-from rnnlab.evaluation import evaluate_dynamic
-from rnnlab.gradient_callback import GradientsThroughTime
-from rnnlab.mixture import evaluate_mixture
-from rnnlab.monitor import TrainingMonitor
-from rnnlab.resume import carry_over, objective, previous_run, read_summary
-from rnnlab.tblogger import RunLogger
-from rnnlab.validate import (
-    ConfigError,
-    check_full_bptt_memory,
-    check_resume_checkpoint,
-    validate_config,
-)
+from rnnlab.training.monitor import TrainingMonitor
+from rnnlab.training.probe_callback import GradientsThroughTime
+from rnnlab.training.relaunch import carry_over, objective, previous_run, read_summary
+from rnnlab.training.tblogger import RunLogger
 
 log = logging.getLogger(__name__)
 
@@ -125,10 +126,8 @@ def torch_threads(cfg: DictConfig) -> int:
     the machine); otherwise torch's default."""
     if cfg.get("torch_threads"):
         return int(cfg.torch_threads)
-    try:
-        n_jobs = HydraConfig.get().launcher.get("n_jobs")
-    except ValueError:
-        n_jobs = None
+    hc = hydra_runtime()
+    n_jobs = hc.launcher.get("n_jobs") if hc is not None else None
     cores = os.cpu_count() or 1
     if n_jobs:
         return max(1, cores // (cores if n_jobs < 0 else n_jobs))
@@ -147,13 +146,6 @@ def keep_freed_memory() -> bool:
         return bool(libc.mallopt(M_MMAP_MAX, 0) and libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
     except (OSError, AttributeError):
         return False
-
-
-def _overrides() -> list[str]:
-    try:
-        return list(HydraConfig.get().overrides.task)
-    except ValueError:  # composed without Hydra's runtime (tests)
-        return []
 
 
 def _metric(trainer: pl.Trainer, key: str) -> float | None:
@@ -189,7 +181,7 @@ def train(cfg: DictConfig) -> float:
     if earlier is not None and (done := previous_run(cfg, out_dir, earlier)) is not None:
         return done
     rank0 = env_rank(cfg.trainer) == 0  # under DDP only rank 0 writes summary.json/config.yaml
-    summary: dict = {"status": "running", "overrides": _overrides(), "run_dir": str(out_dir),
+    summary: dict = {"status": "running", "overrides": job_overrides(), "run_dir": str(out_dir),
                      "model": cfg.model.core.get("kind", "rnn_scratch"), "bptt": cfg.bptt.mode,
                      "sampling": cfg.data.sampling, "seed": cfg.seed, "diverged": False}
     path = out_dir / "summary.json"
@@ -200,6 +192,7 @@ def train(cfg: DictConfig) -> float:
     started = time.time()
     try:
         validate_config(cfg)
+        check_distributed(cfg)  # devices, world size
         pack_gpu(cfg)
         stopper = _fit_and_test(cfg, out_dir, summary, rank0)
         carry_over(summary, earlier if cfg.get("ckpt_path") else None)

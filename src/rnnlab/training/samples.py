@@ -12,7 +12,7 @@ import logging
 
 import pytorch_lightning as pl
 
-from rnnlab.generate import generate
+from rnnlab.models.generate import generate
 
 log = logging.getLogger(__name__)
 

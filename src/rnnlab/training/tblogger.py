@@ -1,11 +1,11 @@
 """TensorBoard as a sweep's user first sees it: perplexity on top, the swept factors in HParams.
 
-    logger: rnnlab.tblogger.RunLogger(save_dir=run_dir, name="tb", version="")  # conf/logger
+    logger: training.tblogger.RunLogger(save_dir=run_dir, name="tb", version="")  # conf/logger
     logger.log_session(cfg, summary)      # at the end of a run: the HParams tab's row for it
 
 What TensorBoard does with our data, and what this module does about it:
 - Time Series opens the first two tag groups by name: perplexity goes into one `perplexity/`
-  group (rnnlab.tbtags) and Lightning's automatic `epoch` scalar, which sorted first, is not
+  group (training.tbtags) and Lightning's automatic `epoch` scalar, which sorted first, is not
   written (ModelCheckpoint reads the epoch from the trainer, not from the logger).
 - A custom-scalars layout puts train and val perplexity of each run on one chart.
 - The HParams tab takes its columns from the first run's experiment summary, sorts them by
@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
@@ -28,8 +27,9 @@ from pytorch_lightning.utilities import rank_zero_only
 from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 
-from rnnlab.runname import swept_keys
-from rnnlab.tbtags import tb_tag
+from rnnlab.config.overrides import hydra_runtime, job_overrides, split_override
+from rnnlab.config.runname import swept_keys
+from rnnlab.training.tbtags import tb_tag
 
 # The chapter's factors: shown first in the HParams tab even where nothing is swept.
 CORE = ("model", "sampling", "bptt", "clip")
@@ -118,7 +118,7 @@ def hparams_of(cfg: DictConfig, swept: set[str] = frozenset()) -> dict[str, str 
             "seed": cfg.seed}
     out: dict[str, str | float] = {k: v if isinstance(v, str) else float(v)
                                    for k, v in keys.items() if v is not None}
-    own = dict(_split(o) for o in _job_overrides())
+    own = dict(split_override(o) for o in job_overrides())
     for key in sorted(swept - set(out)):
         out[key] = own.get(key, str(OmegaConf.select(cfg, key, default=None)))
     return out
@@ -126,11 +126,8 @@ def hparams_of(cfg: DictConfig, swept: set[str] = frozenset()) -> dict[str, str 
 
 def swept_columns() -> set[str]:
     """HParams columns of the keys this job's sweep varies; empty outside a known sweep."""
-    try:
-        hc = HydraConfig.get()
-    except ValueError:
-        return set()
-    if hc.mode != RunMode.MULTIRUN:
+    hc = hydra_runtime()
+    if hc is None or hc.mode != RunMode.MULTIRUN:
         return set()
     # the basic sweeper saves the command line (sweeps unexpanded) above the job dirs
     saved = next((d / "multirun.yaml" for d in list(Path(hc.runtime.output_dir).parents)[:3]
@@ -138,13 +135,3 @@ def swept_columns() -> set[str]:
     return {COLUMN_OF.get(k, k) for k in swept_keys(hc.sweeper.get("params"), saved)}
 
 
-def _job_overrides() -> list[str]:
-    try:
-        return list(HydraConfig.get().overrides.task)
-    except ValueError:
-        return []
-
-
-def _split(override: str) -> tuple[str, str]:
-    key, _, value = override.partition("=")
-    return key.lstrip("+~"), value

@@ -1,6 +1,6 @@
 """Pick a sweep job up where an earlier launch of the same sweep left it.
 
-    from rnnlab.resume import previous_run, read_summary
+    from rnnlab.training.relaunch import previous_run, read_summary
     earlier = read_summary(out_dir)                  # None: a fresh job dir
     metric = previous_run(cfg, out_dir, earlier)     # not None: done, return it to the sweeper
 
@@ -27,7 +27,8 @@ from pathlib import Path
 import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from rnnlab.validate import ConfigError
+from rnnlab.config.saved import flatten, plain_config, upgrade_targets
+from rnnlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -41,28 +42,16 @@ class KeptFailure(RuntimeError):
     """A job that failed in an earlier launch, kept as it is (retry_failed=false)."""
 
 
-def plain_config(cfg: DictConfig | dict) -> dict:
-    """The config as config.yaml holds it (resolved, no hydra node), minus IGNORED keys."""
-    if isinstance(cfg, DictConfig):
-        cfg = yaml.safe_load(OmegaConf.to_yaml({k: OmegaConf.to_container(v, resolve=True)
-                                                if OmegaConf.is_config(v) else v
-                                                for k, v in cfg.items() if k != "hydra"}))
-    return {k: v for k, v in cfg.items() if k not in IGNORED and k != "hydra"}
-
-
-def _flat(d: object, prefix: str = "") -> dict[str, object]:
-    if not isinstance(d, dict):
-        return {prefix: d}
-    out: dict[str, object] = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) and v else
-                   {f"{prefix}{k}": v})
-    return out
+def comparable(cfg: DictConfig | dict) -> dict:
+    """The config as config.yaml holds it (resolved, no hydra node; old `_target_`s renamed,
+    as yaml reads it back), minus IGNORED keys."""
+    plain = yaml.safe_load(OmegaConf.to_yaml(plain_config(cfg)))
+    return {k: v for k, v in upgrade_targets(plain).items() if k not in IGNORED}
 
 
 def config_differences(old: dict, new: dict) -> list[str]:
     """'key: old value there, new value now' for each differing leaf, sorted by key."""
-    a, b = _flat(old), _flat(new)
+    a, b = flatten(old, lists=False), flatten(new, lists=False)
     missing = object()
     return [f"{k}: {a.get(k, '(absent)')!s} there, {b.get(k, '(absent)')!s} now"
             for k in sorted(set(a) | set(b)) if a.get(k, missing) != b.get(k, missing)]
@@ -92,8 +81,8 @@ def previous_run(cfg: DictConfig, out_dir: Path, summary: dict) -> float | None:
     of another config, KeptFailure for a failed job kept as it is."""
     saved = out_dir / "config.yaml"
     if saved.is_file():
-        diffs = config_differences(plain_config(yaml.safe_load(saved.read_text()) or {}),
-                                   plain_config(cfg))
+        diffs = config_differences(comparable(yaml.safe_load(saved.read_text()) or {}),
+                                   comparable(cfg))
         if diffs:
             raise ConfigError(
                 f"{out_dir} holds a job of another config ({'; '.join(diffs[:3])}"
