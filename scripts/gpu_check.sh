@@ -3,7 +3,7 @@
 #   1. the chapter8 ablation grid (8 jobs, 2 epochs each instead of 10) packed 1, 4 and 8 jobs per
 #      GPU (hydra/launcher=parallel, job i on GPU i mod n): wall time of each sweep;
 #   2. tokens/s of the default model (rnn_scratch) and lstm through Lightning vs a plain loop
-#      (scripts/bench.py --device cuda, batch 32 and 256);
+#      (benchmarks/bench.py --device cuda, batch 32 and 256);
 #   3. DDP scaling: trainer=ddp on 1, 2, 4, ... GPUs of the machine, global batch 256, 2 epochs.
 #
 #   bash scripts/gpu_check.sh [OUT_DIR]        # default $OUT, else outputs/gpu_check
@@ -50,9 +50,9 @@ for per in "${PER[@]}"; do
 done
 
 # 2. Lightning vs a plain loop, the default model and lstm
-timeout 150 $PY scripts/bench.py --only train --models rnn_scratch lstm "${BENCH[@]}" \
+timeout 150 $PY benchmarks/bench.py --only train --models rnn_scratch lstm "${BENCH[@]}" \
   --out "$OUT_DIR/bench_gpu.json" > "$OUT_DIR/bench.log" 2>&1
-printf 'bench\tscripts/bench.py (rc=%s)\t%s\n' "$?" "$OUT_DIR/bench_gpu.json" | tee -a "$TSV"
+printf 'bench\tbenchmarks/bench.py (rc=%s)\t%s\n' "$?" "$OUT_DIR/bench_gpu.json" | tee -a "$TSV"
 tail -n 15 "$OUT_DIR/bench.log"
 
 # 3. DDP scaling over the machine's GPUs, global batch 256

@@ -1,4 +1,4 @@
-"""The benchmark runs (timings are never asserted: they live in scripts/bench.py's output)."""
+"""The benchmark runs (timings are never asserted: they live in benchmarks/bench.py's output)."""
 
 import json
 import subprocess
@@ -9,7 +9,7 @@ from conftest import ROOT
 
 def test_bench_quick_runs_and_writes_valid_json(tmp_path):
     out = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts/bench.py"), "--quick",
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks/bench.py"), "--quick",
                            "--only", "train", "--only", "data", "--models", "rnn_scratch",
                            "rnn", "--out", str(out)], capture_output=True, text=True,
                           timeout=300)

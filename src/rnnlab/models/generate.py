@@ -15,6 +15,7 @@ import torch
 from omegaconf import OmegaConf
 
 from rnnlab.config.cli import build
+from rnnlab.config.saved import upgrade_targets
 from rnnlab.models.lm import LanguageModel
 from rnnlab.text.vocab import Vocab, join_tokens, preprocess, tokenize
 
@@ -69,7 +70,7 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> LanguageMode
                                 f"checkpoints/ folder")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=False)
-        cfg = OmegaConf.create(ckpt["run_config"])
+        cfg = OmegaConf.create(upgrade_targets(ckpt["run_config"]))  # also one saved before the move
         vocab = Vocab.from_dict(ckpt["vocab"])
     except Exception as e:  # truncated file, not a checkpoint, or one from another program
         raise ValueError(f"ckpt_path={path} is not a readable rnnlab checkpoint ({e}); "

@@ -92,7 +92,7 @@ class TrainingMonitor(pl.Callback):
         return bool(every) and (self._step + 1) % every == 0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
-        if not self.started:  # scripts/bench.py times start-up up to this line
+        if not self.started:  # benchmarks/bench.py times start-up up to this line
             self.started = True
             log.info("first training step (global step %d)", trainer.global_step)
         self._step = trainer.global_step
