@@ -70,7 +70,7 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> LanguageMode
                                 f"checkpoints/ folder")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=False)
-        cfg = OmegaConf.create(upgrade_targets(ckpt["run_config"]))  # also one saved before the move
+        cfg = OmegaConf.create(upgrade_targets(ckpt["run_config"]))  # old names too
         vocab = Vocab.from_dict(ckpt["vocab"])
     except Exception as e:  # truncated file, not a checkpoint, or one from another program
         raise ValueError(f"ckpt_path={path} is not a readable rnnlab checkpoint ({e}); "

@@ -26,6 +26,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, OmegaConf
 
 from rnnlab.config.overrides import split_override
+from rnnlab.config.saved import upgrade_targets
 from rnnlab.errors import ConfigError
 from rnnlab.training.relaunch import IGNORED, config_differences
 
@@ -56,7 +57,7 @@ def claim_sweep_dir(sweep_dir: Path, identity: dict) -> None:
         # what the command changed first; the composed config tells of edited config files
         diffs = config_differences({k: v for k, v in before.items() if k != "config"},
                                    {k: v for k, v in now.items() if k != "config"}) \
-            or config_differences(before.get("config", {}), now["config"])
+            or config_differences(upgrade_targets(before.get("config", {})), now["config"])
         if diffs:
             raise ConfigError(
                 f"hydra.sweep.dir={sweep_dir} holds another sweep ({'; '.join(diffs[:3])}"

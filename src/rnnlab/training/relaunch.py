@@ -33,7 +33,7 @@ from rnnlab.errors import ConfigError
 log = logging.getLogger(__name__)
 
 # resources and resume machinery, not the experiment: they may change between launches
-IGNORED = ("retry_failed", "ckpt_path", "torch_threads", "paths")
+IGNORED = ("retry_failed", "ckpt_path", "torch_threads", "paths", "data.data_dir")
 # what a resumed fit may not produce again (it had nothing left to train): kept from before
 CARRIED = ("final_val_ppl", "train_ppl", "tokens_per_s")
 
@@ -45,8 +45,15 @@ class KeptFailure(RuntimeError):
 def comparable(cfg: DictConfig | dict) -> dict:
     """The config as config.yaml holds it (resolved, no hydra node; old `_target_`s renamed,
     as yaml reads it back), minus IGNORED keys."""
-    plain = yaml.safe_load(OmegaConf.to_yaml(plain_config(cfg)))
-    return {k: v for k, v in upgrade_targets(plain).items() if k not in IGNORED}
+    plain = upgrade_targets(yaml.safe_load(OmegaConf.to_yaml(plain_config(cfg))))
+    for key in IGNORED:  # a dotted key: drop it from its parent node
+        *parents, leaf = key.split(".")
+        node = plain
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return plain
 
 
 def config_differences(old: dict, new: dict) -> list[str]:
