@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,14 @@ TEXT = (
     "flushed and animated. The fire burned brightly, and the soft radiance of the incandescent "
     "lights in the lilies of silver caught the bubbles that flashed and passed in our glasses. "
 )
+
+
+def run_script(path: str, *args: str, timeout: int = 300, env: dict | None = None,
+               cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """A project script (`path` from the project root, e.g. "scripts/train.py") run in a new
+    Python process as a user runs it, its output captured as text."""
+    return subprocess.run([sys.executable, str(ROOT / path), *args], capture_output=True,
+                          text=True, timeout=timeout, env=env, cwd=cwd)
 
 
 @pytest.fixture

@@ -5,11 +5,11 @@ import math
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_script
 
 from rnnlab.analysis.figures import figures
 from rnnlab.analysis.jobs import ReportError, find_jobs, load_job, varied_keys
@@ -25,8 +25,7 @@ TEXT = ("The Time Traveller (for so it will be convenient to speak of him) was e
 
 def script(name: str, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / name), *args], env=env,
-                          capture_output=True, text=True, timeout=300)
+    return run_script(f"scripts/{name}", *args, env=env)
 
 
 def multirun(out: Path, corpus: Path, *params: str) -> subprocess.CompletedProcess:

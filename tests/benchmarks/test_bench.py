@@ -1,18 +1,14 @@
 """The benchmark runs (timings are never asserted: they live in benchmarks/bench.py's output)."""
 
 import json
-import subprocess
-import sys
 
-from conftest import ROOT
+from conftest import run_script
 
 
 def test_bench_quick_runs_and_writes_valid_json(tmp_path):
     out = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks/bench.py"), "--quick",
-                           "--only", "train", "--only", "data", "--models", "rnn_scratch",
-                           "rnn", "--out", str(out)], capture_output=True, text=True,
-                          timeout=300)
+    proc = run_script("benchmarks/bench.py", "--quick", "--only", "train", "--only", "data",
+                      "--models", "rnn_scratch", "rnn", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
     loops = {(r["model"], r["loop"]) for r in result["training"]}

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import run_script
 from hydra._internal.utils import _locate
 
 from rnnlab.config.saved import MOVED, flatten, upgrade_targets
@@ -99,10 +98,9 @@ def test_an_old_sweep_relaunches_and_resumes_its_killed_job(legacy):
     summary["status"] = "running"  # as if killed after its last checkpoint
     (lstm / "summary.json").write_text(json.dumps(summary))
     overrides = yaml.safe_load((lstm / ".hydra" / "overrides.yaml").read_text())
-    cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), "--multirun",
-           *[o for o in overrides if not o.startswith("model=")], "model=rnn_scratch,lstm",
-           f"hydra.sweep.dir={legacy}"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    proc = run_script("scripts/train.py", "--multirun",
+                      *[o for o in overrides if not o.startswith("model=")],
+                      "model=rnn_scratch,lstm", f"hydra.sweep.dir={legacy}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     scratch = json.loads((legacy / "0_model=rnn_scratch" / "summary.json").read_text())
     assert scratch["status"] == "finished" and "not trained again" in proc.stderr + proc.stdout \

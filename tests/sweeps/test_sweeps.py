@@ -1,11 +1,9 @@
 """Sweeps through Hydra's launchers, in subprocesses (the way users run them)."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-from conftest import ROOT
+from conftest import run_script
 
 TINY = ["data.batch_size=2", "data.num_steps=5", "model.core.num_hiddens=8",
         "trainer.max_epochs=1", "trainer.accelerator=cpu", "callbacks.sample_text.every_n_epochs=0"]
@@ -13,9 +11,8 @@ TINY = ["data.batch_size=2", "data.num_steps=5", "model.core.num_hiddens=8",
 
 def sweep(tmp_path: Path, corpus: Path, *args: str) -> list[dict]:
     out = tmp_path / "sweep"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts/train.py"), "--multirun", f"data.path={corpus}",
-         *TINY, f"hydra.sweep.dir={out}", *args], capture_output=True, text=True, timeout=300)
+    proc = run_script("scripts/train.py", "--multirun", f"data.path={corpus}", *TINY,
+                      f"hydra.sweep.dir={out}", *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return [json.loads(p.read_text()) for p in sorted(out.glob("*/summary.json"))]
 

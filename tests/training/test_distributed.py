@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, make_cfg
+from conftest import ROOT, make_cfg, run_script
 from omegaconf import OmegaConf, read_write
 
 from rnnlab.errors import ConfigError
@@ -30,8 +30,7 @@ DDP = ["trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu"]
 
 
 def cli(*args: str, timeout: int = 120, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "scripts/train.py"), *args],
-                          capture_output=True, text=True, timeout=timeout, env=env)
+    return run_script("scripts/train.py", *args, timeout=timeout, env=env)
 
 
 def summary(run_dir: Path) -> dict:
@@ -45,9 +44,8 @@ def test_two_ranks_match_one_process(tmp_path, corpus_file):
     # the 4 runs under one 2-rank launch (ranks start once), then the same configs in one process
     runs = [f"{m}_{s}=" + ";".join([*SMALL, "trainer.max_epochs=2", "test=false", f"model={m}",
                                      f"data.sampling={s}"]) for m, s in COMBOS]
-    proc = subprocess.run([sys.executable, str(ROOT / "tests/training/ddp_runs.py"),
-                           str(tmp_path / "ddp"), str(corpus_file), *runs],
-                          capture_output=True, text=True, timeout=120)
+    proc = run_script("tests/training/ddp_runs.py", str(tmp_path / "ddp"), str(corpus_file),
+                      *runs, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for m, s in COMBOS:
         ddp = summary(tmp_path / "ddp" / f"{m}_{s}")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, make_cfg
+from conftest import ROOT, make_cfg, run_script
 
 from rnnlab.errors import ConfigError, CorpusError
 from rnnlab.text import corpus as corpus_mod
@@ -46,10 +46,8 @@ def test_bad_settings_are_refused_with_the_value_and_the_fix(cfg_factory, overri
 
 
 def test_cli_error_is_one_line_and_exit_code_2(corpus_file, tmp_path):
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts/train.py"), f"data.path={corpus_file}",
-         "data.sampling=shuffled", f"hydra.run.dir={tmp_path / 'cli'}"],
-        capture_output=True, text=True, timeout=120)
+    proc = run_script("scripts/train.py", f"data.path={corpus_file}", "data.sampling=shuffled",
+                      f"hydra.run.dir={tmp_path / 'cli'}", timeout=120)
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if line.strip()]
     assert errors == ["error: data.sampling='shuffled' is unknown; use one of "
@@ -57,10 +55,9 @@ def test_cli_error_is_one_line_and_exit_code_2(corpus_file, tmp_path):
 
 
 def test_errors_raised_inside_constructors_are_one_line_too(corpus_file, tmp_path):
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts/train.py"), f"data.path={corpus_file}",
-         "model.core.kind=transformer", "model=rnn", f"hydra.run.dir={tmp_path / 'cli'}"],
-        capture_output=True, text=True, timeout=120)
+    proc = run_script("scripts/train.py", f"data.path={corpus_file}",
+                      "model.core.kind=transformer", "model=rnn",
+                      f"hydra.run.dir={tmp_path / 'cli'}", timeout=120)
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if line.strip()]
     assert errors == ["error: model.core.kind='transformer' is unknown; use one of "

@@ -12,7 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import run_script
 
 TINY = ["data.batch_size=2", "data.num_steps=5", "trainer.max_epochs=1", "trainer.accelerator=cpu",
         "torch_threads=1", "callbacks.sample_text.every_n_epochs=0"]  # no periodic sample
@@ -34,10 +34,8 @@ def board(tmp_path_factory):
     corpus = tmp / "tiny.txt"
     corpus.write_text("the time traveller was expounding a recondite matter to us. " * 40)
     sweep = tmp / "sweep"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts/train.py"), "--multirun", f"data.path={corpus}",
-         *TINY, f"hydra.sweep.dir={sweep}", "model.core.num_hiddens=8,12"],
-        capture_output=True, text=True, timeout=120)
+    proc = run_script("scripts/train.py", "--multirun", f"data.path={corpus}", *TINY,
+                      f"hydra.sweep.dir={sweep}", "model.core.num_hiddens=8,12", timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
