@@ -3,10 +3,9 @@
     plus_matmul = step_matmul(W, rows=32)     # (a, c) -> c + a @ W, W reordered once
     logits = linear(outputs, head.weight, head.bias)
 
-On an AMD EPYC (torch's MKL) oneDNN runs a (32..256 x 512) @ (512 x 512) product with
-a pre-reordered W 10-20% faster than addmm, and the (N x 512) @ (512 x 28) output layer and its
-input gradient 1.5-2x faster than F.linear; on an Intel Xeon (AVX-512, AMX) both lose to MKL in
-float32, which is why `kernels.choice` times them against the plain torch ops before using them.
+With a pre-reordered W, oneDNN's product can beat torch's MKL addmm on one CPU and lose on
+another (the figures per CPU: docs/performance.md), which is why `kernels.choice` times both
+against the plain torch ops before using them.
 Both fall back to plain torch ops off the CPU, for other dtypes, under torch.compile, and in builds
 without oneDNN.
 """
@@ -44,12 +43,12 @@ def applies(*tensors: torch.Tensor, dtypes: tuple[torch.dtype, ...] = (torch.flo
 
 def step_matmul(W: torch.Tensor, rows: int) -> Callable[..., torch.Tensor]:
     """`(a, c, beta=1) -> beta * c + a @ W` for a W that a loop multiplies by at every step,
-    `rows` = a's rows; a bf16 W (and a) with a float32 c gives a float32 result. The reorder
-    (~0.3-0.5 ms on an AMD EPYC, up to 1 ms on an Intel Xeon) pays for itself within a few steps
-    where the product is faster (rnnlab.kernels.choice measures whether it is). The add runs on the
-    product's fresh, cache-resident result: oneDNN's binary-add post-op reads c at ~0.7 ns per
-    element, three times what the in-place add costs. Elsewhere it is one addmm (one kernel on a
-    GPU). Not differentiable: for use inside hand-written forward/backward passes."""
+    `rows` = a's rows; a bf16 W (and a) with a float32 c gives a float32 result. The reorder is
+    paid once per W and pays for itself within a few steps where the product is faster
+    (`kernels.choice` measures whether it is). The add runs in place on the product's fresh,
+    cache-resident result rather than as oneDNN's binary-add post-op, which reads c again.
+    Elsewhere it is one addmm (one kernel on a GPU). Not differentiable: for use inside
+    hand-written forward/backward passes."""
     if applies(W, dtypes=(torch.float32, torch.bfloat16)):
         packed = torch.ops.mkldnn._reorder_linear_weight(W.T.contiguous(), rows)
         low = W.dtype != torch.float32  # a bf16 product: the sum is kept in c's float32

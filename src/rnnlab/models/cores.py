@@ -27,9 +27,9 @@ class TanhRecurrence(torch.autograd.Function):
     Each step is one matrix product and a few elementwise ops on its result while that result
     (256 x 512 floats at most, 0.5 MB) is still in cache; a pass over all steps' (T, B, H)
     tensors would read them back from memory. Which kernels run is measured (`kernels.choice`):
-    tanh directly or as 2 sigmoid(2z) - 1 with 2 Z_t = 2 XW_t + H_{t-1} (2 W_hh) (torch's tanh
-    costs 3.5 ns per element and its sigmoid 0.5 on an AMD EPYC, 0.59 and 0.81 on an Intel Xeon),
-    and the product through MKL's addmm or a pre-reordered oneDNN weight.
+    tanh directly or as 2 sigmoid(2z) - 1 with 2 Z_t = 2 XW_t + H_{t-1} (2 W_hh) (which of torch's
+    two is cheaper per element depends on the CPU), and the product through MKL's addmm or a
+    pre-reordered oneDNN weight.
     Backward: autograd would run two small matmuls per step (dH_{t-1} and dW_hh). Only the first
     is sequential: dZ_t = (dH_t + dZ_{t+1} W_hh^T) * (1 - H_t^2) is one product per step, and
     dW_hh = sum_t H_{t-1}^T dZ_t is one large matmul afterwards.
@@ -157,9 +157,9 @@ class TorchRNN(nn.Module):
     """`nn.RNN`, `nn.GRU` or `nn.LSTM` (cuDNN on a GPU) behind the same interface.
 
     `cpu_kernel="rnnlab"` (default) runs `rnn` on a CPU through `TanhRecurrence`: the same
-    parameters and math (tanh, the two biases summed), but nn.RNN's CPU kernel runs autograd step
-    by step and is ~1.2x slower on an AMD EPYC (bench.py). `cpu_kernel="torch"` keeps nn.RNN's
-    own kernel.
+    parameters and math (tanh, the two biases summed), without nn.RNN's CPU kernel's autograd
+    step by step (benchmarks/bench.py measures both: its `rnn_torch_kernel` row).
+    `cpu_kernel="torch"` keeps nn.RNN's own kernel.
     """
 
     KINDS = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}

@@ -5,8 +5,8 @@
     P = lm.stream_probs(dm.corpus["val"])  # (L-1, V): each position given the ones before it
     lm.perplexity(dm.corpus["val"])
 
-The strongest count-based baseline here: on the Time Machine (letters, char tokens) a 10-gram
-scores val 3.67 / test 3.72, against 4.50 / 4.60 for the best add-k model (`rnnlab.models.ngram`).
+The strongest count-based baseline here, against the add-k models of `rnnlab.models.ngram`
+(their scores on the Time Machine: docs/results.md).
 
 P(w | c) = max(#(c, w) - D(#(c, w)), 0) / #c + gamma(c) P(w | c') with c' = c minus its first
 token and gamma(c) = sum_w D(#(c, w)) / #c, so every distribution sums to 1. The highest order
