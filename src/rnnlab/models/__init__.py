@@ -1,1 +1,2 @@
-"""models"""
+"""The models of chapter 8: recurrent cores, the LanguageModel (one LightningModule for all),
+clipping, perplexity, generation after a warm-up, the n-gram models, learning-rate schedules."""
