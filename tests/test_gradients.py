@@ -87,8 +87,10 @@ def test_spectral_radius_sets_the_decay_rate_and_the_reach(scale):
     s = p.scalars()
     assert s["decay_per_step"] == pytest.approx(math.log(scale), abs=1e-6)
     assert s["w_hh_sigma_max"] == pytest.approx(scale, rel=1e-4)
-    # Gelfand's estimate with Frobenius norms: at most n^(1/2048) = 1.001 too high for n = 8
-    assert scale <= s["w_hh_radius"] <= scale * 8 ** (1 / 2048) + 1e-9
+    # Gelfand's estimate with Frobenius norms: at most n^(1/2048) = 1.001 too high for n = 8;
+    # it is computed in float32 (W itself is rounded to it), so both bounds allow a few float32
+    # roundings (rel. 1e-5), far below the 1e-3 that a wrong power (n^(1/1024)) would add
+    assert scale * (1 - 1e-5) <= s["w_hh_radius"] <= scale * 8 ** (1 / 2048) * (1 + 1e-5)
     # 0.5^9 >= 1e-3 > 0.5^10; a growing gradient reaches the whole probe
     assert s["reach"] == (9 if scale < 1 else 30)
 

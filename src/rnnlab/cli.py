@@ -37,6 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 import rnnlab.runname  # noqa: F401  registers ${rnnlab.run_name:} (sweep job dir names)
+from rnnlab.checks import config_problem
 
 log = logging.getLogger("rnnlab")
 NO_GPU = "no GPU found; train on the CPU with trainer=cpu"
@@ -121,7 +122,8 @@ def _problem(config_name: str, overrides: list[Override], multirun: bool) -> str
         cfg = compose(config_name, overrides=_first_values(overrides), return_hydra_config=True)
     except (HydraException, OmegaConfBaseException) as e:
         return _first_line(e)
-    return _unread_argument(cfg, added) or _missing_gpu(cfg)
+    # bad values (rnnlab.checks: no torch) before the GPU check, which imports torch
+    return _unread_argument(cfg, added) or config_problem(cfg) or _missing_gpu(cfg)
 
 
 def _values(o: Override) -> list[str] | None:

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rnnlab.checks import language_model
 from rnnlab.cores import ScratchRNN, State, detach_state
 from rnnlab.evaluation import HeldOutScore
 from rnnlab.kernels import linear
@@ -67,10 +68,7 @@ class LanguageModel(pl.LightningModule):
         keep_prob: float = 1.0,
     ):
         super().__init__()
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"model.dropout={dropout} must be in [0, 1)")
-        if not 0.0 < keep_prob <= 1.0:
-            raise ValueError(f"bptt.keep_prob={keep_prob} must be in (0, 1]")
+        language_model(dropout, keep_prob, embedding_dim)  # rnnlab.checks: before torch too
         self.vocab_size = vocab_size
         self.embedding = nn.Embedding(vocab_size, embedding_dim) if embedding_dim else None
         self.core = core(input_size=embedding_dim or vocab_size)

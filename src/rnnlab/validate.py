@@ -1,5 +1,6 @@
 """Config checks made once, before any data is downloaded or any model is built, and the checks
 of what a config asks for once data and model exist (a checkpoint to resume, full BPTT's memory).
+The checks of values alone live in `rnnlab.checks` (no torch); `ConfigError` is defined there.
 
 Each failure is a `ConfigError` whose one-line message names the key, the bad value and the fix;
 scripts print it without a traceback and exit with status 2.
@@ -11,7 +12,9 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig
+
+from rnnlab.checks import ConfigError, train_config
 
 if TYPE_CHECKING:
     from torch import nn
@@ -21,89 +24,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class ConfigError(ValueError):
-    pass
-
-
-def _choice(key: str, value, allowed) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{key}={value!r} is unknown; use one of {list(allowed)}")
-
-
-def _positive_int(key: str, value) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ConfigError(f"{key}={value!r} must be a positive integer")
-
-
 def validate_config(cfg: DictConfig) -> None:
-    """What the constructors do not check themselves (TextDataModule checks its own names,
-    sizes and splits when it is built, which is before any data is read)."""
-    from rnnlab.data import WINDOWS  # torch: here, not in every importer (a sweep's main process)
-
-    data, model = cfg.data, cfg.model
-    _choice("bptt", cfg.bptt.mode, WINDOWS)
-    _positive_int("model.core.num_hiddens", model.core.num_hiddens)
-    if model.core.get("num_layers") is not None:
-        _positive_int("model.core.num_layers", model.core.num_layers)
-    if model.get("embedding_dim") is not None:
-        _positive_int("model.embedding_dim", model.embedding_dim)
-    for key in ("eval_batch_size", "max_tokens"):
-        if data.get(key) is not None:
-            _positive_int(f"data.{key}", data[key])
-    if cfg.get("torch_threads") is not None:
-        _positive_int("torch_threads", cfg.torch_threads)
-    if not 0 <= model.get("dropout", 0) < 1:
-        raise ConfigError(f"model.dropout={model.dropout} must be in [0, 1)")
-    if not 0 < cfg.bptt.get("keep_prob", 1.0) <= 1:
-        raise ConfigError(f"bptt.keep_prob={cfg.bptt.keep_prob} must be in (0, 1]")
-    if data.min_freq is not None and data.min_freq < 0:
-        raise ConfigError(f"data.min_freq={data.min_freq} must be >= 0")
-    clip = cfg.trainer.get("gradient_clip_val")
-    if clip is not None and (not isinstance(clip, (int, float)) or clip < 0):
-        raise ConfigError(f"trainer.gradient_clip_val={clip!r} must be >= 0, or null for no "
-                          f"clipping")
-    mix = cfg.get("ngram_mix")
-    if mix is not None:
-        if not isinstance(mix, DictConfig) or set(mix) - {"order"}:
-            raise ConfigError(f"ngram_mix={mix!r} must be null or {{order: N}}, e.g. "
-                              f"ngram_mix.order=10")
-        _positive_int("ngram_mix.order", mix.get("order", 10))
-        _scores_the_tested_checkpoint(cfg, "ngram_mix", "its weight")
-    ev = cfg.get("eval")
-    if ev is not None and ev.get("dynamic"):
-        _dynamic_eval(ev, cfg)
-    ckpt = cfg.get("ckpt_path")
-    if ckpt is not None and not Path(ckpt).is_file():
-        raise ConfigError(f"ckpt_path={ckpt} does not exist; pass a run's "
-                          f"checkpoints/last.ckpt, or ckpt_path=null to start fresh")
+    """The train config's checks: the value-only ones (`rnnlab.checks.train_config`, which
+    `check_command_line` already ran before torch was imported; run again here for callers
+    that compose a config themselves) and those that need Lightning (devices, world size)."""
+    train_config(cfg)
     from rnnlab.distributed import check_distributed  # devices, world size (imports Lightning)
 
     check_distributed(cfg)
-
-
-def _dynamic_eval(ev: DictConfig, cfg: DictConfig) -> None:
-    _positive_int("eval.window", ev.get("window"))
-    for key, low, high in (("lr", 0.0, None), ("decay", 0.0, 1.0)):
-        values = ev.get(key)
-        values = list(values) if isinstance(values, ListConfig) else [values]
-        bad = [v for v in values if not isinstance(v, (int, float)) or isinstance(v, bool)
-               or v < low or (high is not None and v >= high) or (key == "lr" and v == 0)]
-        if not values or bad:
-            rule, example = ("positive numbers", "0.001,0.003") if key == "lr" else \
-                ("numbers in [0, 1)", "0,0.01")
-            raise ConfigError(f"eval.{key}={values} must be {rule} (one, or a list to choose "
-                              f"from on val), e.g. eval.{key}=[{example}]")
-    _scores_the_tested_checkpoint(cfg, "eval.dynamic", "its learning rate")
-
-
-def _scores_the_tested_checkpoint(cfg: DictConfig, key: str, choice: str) -> None:
-    """An evaluation of the tested checkpoint that makes its choice on val."""
-    if not cfg.get("test", True):
-        raise ConfigError(f"{key} scores the tested (best) checkpoint: it needs test=true")
-    splits = cfg.data.get("splits")
-    if splits is not None and (len(splits) < 2 or not splits[1] > 0):
-        raise ConfigError(f"{key} chooses {choice} on the validation split, but "
-                          f"data.splits={list(splits)} has none; give val a fraction")
 
 
 def full_bptt_bytes(batch_size: int, stream_len: int, num_hiddens: int, vocab_size: int,
