@@ -196,12 +196,14 @@ def test_a_warnings_module_is_found_through_the_loaded_modules_first(tmp_path):
     ("HPU available: False, using: 0 HPUs", False),
     ("IPU available: False, using: 0 IPUs", False),
     ("LOCAL_RANK: 0 - CUDA_VISIBLE_DEVICES: [0]", False),
-    ("`Trainer.fit` stopped: `max_epochs=1` reached.", True),
+    ("Using bfloat16 Automatic Mixed Precision (AMP)", False),
 ])
 def test_lightnings_availability_lines_stay_off_the_console(message, shown):
     record = logging.LogRecord("pytorch_lightning.utilities.rank_zero", logging.INFO, "x", 1,
                                message, None, None)
     assert ConsoleFilter().filter(record) is shown
+    record.levelno = logging.WARNING  # Lightning's warnings are still shown
+    assert ConsoleFilter().filter(record) is True
     ours = logging.LogRecord("rnnlab.run", logging.INFO, "x", 1, message, None, None)
     assert ConsoleFilter().filter(ours) is True  # only Lightning's own lines are held back
 

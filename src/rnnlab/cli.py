@@ -19,7 +19,6 @@ from __future__ import annotations
 import difflib
 import inspect
 import logging
-import re
 import shutil
 import sys
 import warnings
@@ -242,9 +241,6 @@ def build(node: DictConfig, **kwargs):
 
 
 OWN_PACKAGES = ("rnnlab", "hydra_plugins", "__main__")  # __main__: our scripts/*.py
-# Lightning's accelerator-availability lines (and a GPU run's CUDA_VISIBLE_DEVICES line): the
-# log file keeps them; the console gets run.py's one line when the run is not on the plain CPU
-AVAILABILITY = re.compile(r"^(?:[GTHI]PU available: |LOCAL_RANK: \d+ - CUDA_VISIBLE_DEVICES)")
 
 
 def warning_module(filename: str, path: list[str] | None = None,
@@ -281,17 +277,16 @@ def is_own_module(name: str) -> bool:
 
 class ConsoleFilter(logging.Filter):
     """What the console does not show (the run's log file still has it): DEBUG records (the
-    config dump), Lightning's "Tip" adverts, "Seed set to" and accelerator-availability lines,
-    and deprecation warnings raised in other packages' modules (by the warning's module, see
-    `warning_module`)."""
+    config dump), Lightning's INFO lines (accelerator availability, "Seed set to", AMP, the
+    checkpoint it restores: run.py says in one line of ours what the run uses when it is not
+    the plain CPU) and "Tip" adverts, and deprecation warnings raised in other packages'
+    modules (by the warning's module, see `warning_module`)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.INFO:
             return False
-        lightning = record.name.startswith(("pytorch_lightning", "lightning"))
-        if lightning and ("Tip:" in record.getMessage()
-                          or AVAILABILITY.match(record.getMessage())) \
-                or record.name == "lightning_fabric.utilities.seed":
+        if record.name.startswith(("pytorch_lightning", "lightning")) and (
+                record.levelno < logging.WARNING or "Tip:" in record.getMessage()):
             return False
         category = getattr(record, "category", None)
         return not (category and issubclass(category, (DeprecationWarning, FutureWarning))
