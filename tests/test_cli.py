@@ -229,6 +229,8 @@ def test_lightnings_availability_lines_stay_off_the_console(message, shown):
 ])
 def test_a_bad_value_is_found_from_the_config_alone(config, args, message):
     assert message in (command_line_problem(CONF, config, args) or "")
+    # in a multirun a bad value fails its own job (the others go on), as documented
+    assert command_line_problem(CONF, config, ["--multirun", *args]) is None
 
 
 def test_a_bad_value_exits_2_with_one_line_no_run_dir_and_without_importing_torch(tmp_path):

@@ -122,8 +122,10 @@ def _problem(config_name: str, overrides: list[Override], multirun: bool) -> str
         cfg = compose(config_name, overrides=_first_values(overrides), return_hydra_config=True)
     except (HydraException, OmegaConfBaseException) as e:
         return _first_line(e)
-    # bad values (rnnlab.checks: no torch) before the GPU check, which imports torch
-    return _unread_argument(cfg, added) or config_problem(cfg) or _missing_gpu(cfg)
+    # bad values (rnnlab.checks: no torch) before the GPU check, which imports torch; in a
+    # multirun each job checks its own values and a bad one fails that job only (the others go on)
+    return _unread_argument(cfg, added) or (None if multirun else config_problem(cfg)) \
+        or _missing_gpu(cfg)
 
 
 def _values(o: Override) -> list[str] | None:
