@@ -1,73 +1,73 @@
 #!/usr/bin/env bash
-# The GPU figures docs/distributed.md still lacks, in one run of under 10 minutes on a GPU machine:
-#   1. the chapter8 ablation grid (8 jobs, 2 epochs each instead of 10) packed 1, 4 and 8 jobs per
-#      GPU (hydra/launcher=parallel, job i on GPU i mod n): wall time of each sweep;
-#   2. tokens/s of the default model (rnn_scratch) and lstm through Lightning vs a plain loop
-#      (benchmarks/bench.py --device cuda, batch 32 and 256);
-#   3. DDP scaling: trainer=ddp on 1, 2, 4, ... GPUs of the machine, global batch 256, 2 epochs.
+# One prepared check of the GPU path, well under 8 minutes on one H200-class GPU:
+#   1. the default run with trainer=gpu for rnn_scratch and lstm, gradients-through-time probe
+#      on (it runs at epoch 0: cuDNN's RNN backward refuses eval mode, issue 23), eval.dynamic
+#      and ngram_mix on (scored on the training device after trainer.test);
+#   2. bf16: trainer.precision=bf16-mixed, both models;
+#   3. a packed sweep: hydra/launcher=parallel trainer=gpu, 4 jobs on the one GPU;
+#   4. DDP on one device: trainer=ddp trainer.accelerator=gpu trainer.devices=1.
 #
 #   bash scripts/gpu_check.sh [OUT_DIR]        # default $OUT, else outputs/gpu_check
 #   SMOKE=1 bash scripts/gpu_check.sh /tmp/x   # on a CPU: the same steps, tiny, to check the script
 #
-# Results: OUT_DIR/gpu_check.tsv (one line per figure), bench_gpu.json, each run's summary.json
-# and log, machine.txt. Each step has its own time limit, so a slow step costs a figure, not the rest.
+# Results: OUT_DIR/gpu_check.tsv (one line per step: rc, status, val/test ppl, tokens/s, wall),
+# each run's summary.json and console log, machine.txt. Each step has its own time limit, so a
+# slow or failing step costs its line, not the rest. Exit status: the number of failed steps.
 set -uo pipefail
-OUT_DIR=${1:-${OUT:-outputs/gpu_check}}
+OUT_DIR=$(realpath -m "${1:-${OUT:-outputs/gpu_check}}")
 mkdir -p "$OUT_DIR"
 cd "$(dirname "$0")/.."
 export PROJECT_ROOT=$PWD PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
 PY=${PYTHON:-python}
 TSV=$OUT_DIR/gpu_check.tsv
-printf 'figure\tsetting\tvalue\n' > "$TSV"
+printf 'step\trc\tstatus val_ppl test_ppl tokens_per_s wall_s\n' > "$TSV"
+FAILED=0
 
 if [[ -n "${SMOKE:-}" ]]; then  # a CPU check of this script: tiny corpus slice and model
-  TRAINER=(trainer=cpu) DDP=(trainer=ddp trainer.accelerator=cpu) NGPU=1 PER=(1) DEV=cpu
-  TINY=(data.max_tokens=20000 model.core.num_hiddens=32 torch_threads=1)
-  BENCH=(--quick --device cpu --threads 1)
+  ACC=cpu; TINY=(data.max_tokens=20000 model.core.num_hiddens=32 torch_threads=1)
 else
-  TRAINER=(trainer=gpu) DDP=(trainer=ddp trainer.accelerator=gpu) DEV=cuda PER=(1 4 8)
-  NGPU=$($PY -c "import torch; print(torch.cuda.device_count())")
-  TINY=()
-  BENCH=(--device cuda --threads 1 --batch-sizes 32 256 --reps 3)
+  ACC=gpu; TINY=(data.max_tokens=80000)
 fi
-{ date -Is; nvidia-smi -L 2>/dev/null; lscpu | grep -E "Model name|^CPU\(s\)"
+SHORT=(trainer.max_epochs=2 callbacks.gradients.every_n_epochs=1 "${TINY[@]}")
+{ date -Is; nvidia-smi -L 2>/dev/null; lscpu | grep -E "Model name|CPU family|^Model:|^CPU\(s\)"
   $PY -c "import torch, pytorch_lightning as pl; print('torch', torch.__version__,
   'cuda', torch.version.cuda, 'lightning', pl.__version__)"; } > "$OUT_DIR/machine.txt" 2>&1
 cat "$OUT_DIR/machine.txt"
 
-# 1. the ablation grid, packed onto the GPUs
-for per in "${PER[@]}"; do
-  jobs=$((per * NGPU)); dir=$OUT_DIR/grid_${per}_per_gpu
-  t0=$(date +%s.%N)
-  timeout 200 $PY scripts/train.py -m ablation=chapter8 "${TRAINER[@]}" "${TINY[@]}" \
-    trainer.max_epochs=2 test=false callbacks.sample_text.every_n_epochs=0 \
-    hydra/launcher=parallel hydra.launcher.n_jobs=$jobs hydra.sweep.dir="$dir" \
-    > "$dir.log" 2>&1
-  rc=$?; wall=$(echo "$(date +%s.%N) - $t0" | bc)
-  done_jobs=$(grep -l '"status": "finished"' "$dir"/*/summary.json 2>/dev/null | wc -l)
-  printf 'grid_wall_s\t%s jobs/GPU (n_jobs=%s, rc=%s, %s/8 finished)\t%.1f\n' \
-    "$per" "$jobs" "$rc" "$done_jobs" "$wall" | tee -a "$TSV"
-done
+summary() {  # status val_ppl test_ppl tokens/s wall_s of a run dir's summary.json
+  $PY -c "import json,sys; s=json.load(open(sys.argv[1])); print(s.get('status'),
+  s.get('best_val_ppl'), s.get('test_ppl'), s.get('tokens_per_s'), s.get('wall_time_s'),
+  'grad_reach=%s' % s.get('grad_reach'))" "$1/summary.json" 2>/dev/null || echo "no summary"
+}
 
-# 2. Lightning vs a plain loop, the default model and lstm
-timeout 150 $PY benchmarks/bench.py --only train --models rnn_scratch lstm "${BENCH[@]}" \
-  --out "$OUT_DIR/bench_gpu.json" > "$OUT_DIR/bench.log" 2>&1
-printf 'bench\tbenchmarks/bench.py (rc=%s)\t%s\n' "$?" "$OUT_DIR/bench_gpu.json" | tee -a "$TSV"
-tail -n 15 "$OUT_DIR/bench.log"
+step() {  # step NAME LIMIT_S ARGS...: one run of scripts/train.py into OUT_DIR/NAME
+  local name=$1 limit=$2; shift 2
+  timeout "$limit" $PY scripts/train.py "$@" hydra.run.dir="$OUT_DIR/$name" \
+    > "$OUT_DIR/$name.log" 2>&1
+  local rc=$?
+  (( rc != 0 )) && FAILED=$((FAILED + 1)) && tail -n 5 "$OUT_DIR/$name.log"
+  printf '%s\t%s\t%s\n' "$name" "$rc" "$(summary "$OUT_DIR/$name")" | tee -a "$TSV"
+}
 
-# 3. DDP scaling over the machine's GPUs, global batch 256
-d=1
-MAXD=$([[ -n "${SMOKE:-}" ]] && echo 2 || echo "$NGPU")  # the smoke run: 1 and 2 CPU ranks
-while (( d <= MAXD )); do
-  dir=$OUT_DIR/ddp_$d
-  timeout 120 $PY scripts/train.py "${DDP[@]}" trainer.devices=$d "${TINY[@]}" \
-    data.batch_size=256 trainer.max_epochs=2 test=false callbacks.sample_text.every_n_epochs=0 \
-    hydra.run.dir="$dir" > "$dir.log" 2>&1
-  rc=$?
-  tps=$($PY -c "import json,sys; s=json.load(open(sys.argv[1])); print(s.get('tokens_per_s'),
-  s.get('final_val_ppl'), s.get('wall_time_s'))" "$dir/summary.json" 2>/dev/null)
-  printf 'ddp_tokens_per_s val_ppl wall_s\t%s %s (rc=%s)\t%s\n' "$d" "$DEV" "$rc" "$tps" \
-    | tee -a "$TSV"
-  d=$((d * 2))
+# 1. the default run on the GPU, probe on, post-training scoring on the GPU
+for model in rnn_scratch lstm; do
+  step "default_$model" 120 trainer=$ACC model=$model "${SHORT[@]}" eval.dynamic=true \
+    +ngram_mix.order=5
 done
+# 2. bf16
+for model in rnn_scratch lstm; do
+  step "bf16_$model" 90 trainer=$ACC model=$model trainer.precision=bf16-mixed "${SHORT[@]}"
+done
+# 3. a packed sweep on the one GPU (hydra/launcher=parallel: job i on GPU i mod n)
+dir=$OUT_DIR/packed_sweep
+timeout 150 $PY scripts/train.py -m trainer=$ACC model=rnn_scratch,lstm seed=0,1 "${SHORT[@]}" \
+  test=false hydra/launcher=parallel hydra.launcher.n_jobs=4 hydra.sweep.dir="$dir" \
+  > "$dir.log" 2>&1
+rc=$?; (( rc != 0 )) && FAILED=$((FAILED + 1)) && tail -n 5 "$dir.log"
+finished=$(grep -l '"status": "finished"' "$dir"/*/summary.json 2>/dev/null | wc -l)
+printf 'packed_sweep\t%s\t%s/4 jobs finished\n' "$rc" "$finished" | tee -a "$TSV"
+# 4. DDP on one device
+step ddp_1 120 trainer=ddp trainer.accelerator=$ACC trainer.devices=1 model=lstm "${SHORT[@]}"
+
 cat "$TSV"
+exit "$FAILED"

@@ -10,7 +10,7 @@ import pytest
 from conftest import ROOT
 
 PACKAGE = ROOT / "src" / "rnnlab"
-LAYERS = [{"errors"}, {"text", "kernels"}, {"config"}, {"models"}, {"evaluation"},
+LAYERS = [{"errors"}, {"config"}, {"text", "kernels"}, {"models"}, {"evaluation"},
           {"training", "forecast"}, {"sweeps", "analysis"}]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 

@@ -54,7 +54,7 @@ def sweep2x2(tmp_path_factory, corpus) -> Path:
 @pytest.fixture(scope="module")
 def failed_sweep(tmp_path_factory, corpus) -> Path:
     """A real sweep with one invalid value. Hydra's basic launcher runs every job of the batch and
-    only then re-raises the first failure (exit 1); the bad job fails in validate_config, before
+    only then re-raises the first failure (exit 1); the bad job fails in train_config, before
     run.py writes anything, so its dir holds only .hydra/ and an empty train.log."""
     out = tmp_path_factory.mktemp("sweeps") / "clip"
     r = multirun(out, corpus, "trainer.gradient_clip_val=-1,1")

@@ -1,6 +1,7 @@
 """The command line as a user meets it: typos answered in one line before Hydra and torch, no run
 dir left by a refused run, a quiet console with the config in the run's log."""
 
+import logging
 import os
 import shutil
 import subprocess
@@ -11,7 +12,7 @@ import torch
 from conftest import ROOT
 from omegaconf import OmegaConf
 
-from rnnlab.config.cli import _remove_refused_run_dir, build, command_line_problem
+from rnnlab.config.cli import ConsoleFilter, _remove_refused_run_dir, build, command_line_problem
 from rnnlab.errors import NO_GPU
 
 CONF = ROOT / "conf"
@@ -140,3 +141,121 @@ def test_a_refused_runs_dir_goes_only_while_nothing_of_value_is_in_it(compose_ru
         _remove_refused_run_dir()
         assert run.exists() == (extra is not None), extra
         shutil.rmtree(run, ignore_errors=True)
+
+
+# ---- where a warning comes from, not what its path contains ----------------------------------
+VENV = "/home/u/rnnlab/.venv/lib/python3.11/site-packages"
+CHECKOUT_PATH = ["/home/u/rnnlab/scripts", "/usr/lib/python311.zip", "/usr/lib/python3.11",
+                 VENV, "/home/u/rnnlab/src", "/home/u/rnnlab"]
+
+
+def warning_record(filename: str, category=FutureWarning, path=CHECKOUT_PATH):
+    from rnnlab.config.cli import warning_module
+
+    record = logging.LogRecord("py.warnings", logging.WARNING, filename, 21,
+                               "%s:21: FutureWarning: isinstance(treespec, LeafSpec) is "
+                               "deprecated", (filename,), None)
+    record.category, record.warned_from = category, warning_module(filename, path, modules={})
+    return record
+
+
+@pytest.mark.parametrize("filename, module, shown", [
+    (f"{VENV}/pytorch_lightning/utilities/_pytree.py", "pytorch_lightning.utilities._pytree",
+     False),
+    (f"{VENV}/torch/nn/modules/rnn.py", "torch.nn.modules.rnn", False),
+    (f"{VENV}/rnnlab_extras/x.py", "rnnlab_extras.x", False),  # a name that starts like ours
+    ("/home/u/rnnlab/src/rnnlab/models/lm.py", "rnnlab.models.lm", True),
+    ("/home/u/rnnlab/src/rnnlab/__init__.py", "rnnlab", True),
+    ("/home/u/rnnlab/src/hydra_plugins/rnnlab_sweepers/__init__.py",
+     "hydra_plugins.rnnlab_sweepers", True),
+])
+def test_console_filter_goes_by_the_warnings_module_not_its_path(filename, module, shown):
+    record = warning_record(filename)
+    assert record.warned_from == module
+    assert ConsoleFilter().filter(record) is shown
+    # a UserWarning of any package is shown; the log file (no filter) keeps everything
+    assert ConsoleFilter().filter(warning_record(filename, UserWarning)) is True
+
+
+def test_a_warnings_module_is_found_through_the_loaded_modules_first(tmp_path):
+    from rnnlab.config.cli import warning_module
+
+    assert warning_module(logging.__file__) == "logging"
+    assert warning_module(str(ROOT / "src" / "rnnlab" / "config" / "cli.py")) == "rnnlab.config.cli"
+    assert warning_module("/nowhere/x.py", path=[], modules={}) == ""
+
+
+@pytest.mark.parametrize("message, shown", [
+    ("GPU available: False, used: False", False),
+    ("TPU available: False, using: 0 TPU cores", False),
+    ("HPU available: False, using: 0 HPUs", False),
+    ("IPU available: False, using: 0 IPUs", False),
+    ("LOCAL_RANK: 0 - CUDA_VISIBLE_DEVICES: [0]", False),
+    ("Using bfloat16 Automatic Mixed Precision (AMP)", False),
+])
+def test_lightnings_availability_lines_stay_off_the_console(message, shown):
+    record = logging.LogRecord("pytorch_lightning.utilities.rank_zero", logging.INFO, "x", 1,
+                               message, None, None)
+    assert ConsoleFilter().filter(record) is shown
+    record.levelno = logging.WARNING  # Lightning's warnings are still shown
+    assert ConsoleFilter().filter(record) is True
+    ours = logging.LogRecord("rnnlab.training.run", logging.INFO, "x", 1, message, None, None)
+    assert ConsoleFilter().filter(ours) is True  # only Lightning's own lines are held back
+
+
+# ---- bad values: one line, exit 2, before torch ----------------------------------------------
+@pytest.mark.parametrize("config, args, message", [
+    ("train", ["data.sampling=randm"], "data.sampling='randm' is unknown"),
+    ("train", ["bptt=full", "data.sampling=random"], "needs data.sampling=sequential"),
+    ("train", ["model=lstm", "model.core.num_layers=0"], "model.core.num_layers=0 must be a "
+                                                         "positive integer"),
+    ("train", ["data.batch_size=-1"], "data.batch_size=-1 must be a positive integer"),
+    ("train", ["model.dropout=1.0"], "model.dropout=1.0 must be in [0, 1)"),
+    ("train", ["trainer.gradient_clip_val=-1"], "trainer.gradient_clip_val=-1 must be >= 0"),
+    ("train", ["eval.dynamic=true", "eval.decay=[0,1]"], "eval.decay=[0, 1] must be numbers"),
+    ("train", ["+ngram_mix.order=0"], "ngram_mix.order=0 must be a positive integer"),
+    ("train", ["torch_threads=0"], "torch_threads=0 must be a positive integer"),
+    ("train", ["data.token=wrd"], "data.token='wrd' is unknown"),
+    ("train", ["data.splits=[0.9,0.2,0.1]"], "data.splits=[0.9, 0.2, 0.1] must be 3"),
+    ("train", ["trainer.precision=bf16-mix"], "trainer.precision='bf16-mix' is unknown"),
+    ("forecast", ["data.noise=-0.5"], "data.noise=-0.5 must be >= 0"),
+    ("stats", ["data.token=chars"], "data.token='chars' is unknown"),
+    ("generate", ["ckpt_path=x", "temperature=-1"], "temperature=-1 must be >= 0"),
+])
+def test_a_bad_value_is_found_from_the_config_alone(config, args, message):
+    assert message in (command_line_problem(CONF, config, args) or "")
+    # in a multirun a bad value fails its own job (the others go on), as documented
+    assert command_line_problem(CONF, config, ["--multirun", *args]) is None
+
+
+def test_a_bad_value_exits_2_with_one_line_no_run_dir_and_without_importing_torch(tmp_path):
+    run_dir = tmp_path / "run"
+    code = ("import sys; sys.argv = ['train.py', 'data.sampling=randm', "
+            f"'hydra.run.dir={run_dir}']\n"
+            "from rnnlab.config.cli import check_command_line\n"
+            "try:\n"
+            f"    check_command_line(__import__('pathlib').Path({str(CONF)!r}), 'train')\n"
+            "except SystemExit as e:\n"
+            "    print('exit', e.code, 'torch' in sys.modules, 'pytorch_lightning' in "
+            "sys.modules)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.stdout.strip() == "exit 2 False False", r.stdout + r.stderr
+    assert r.stderr.splitlines() == [
+        "error: data.sampling='randm' is unknown; use one of ['random', 'sequential']"]
+    r = script("train.py", "data.sampling=randm", f"hydra.run.dir={run_dir}")
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1 and r.stdout == ""
+    assert not run_dir.exists()
+
+
+def test_bf16_on_a_cpu_without_it_is_refused_before_torch(monkeypatch):
+    from rnnlab.config import checks
+
+    monkeypatch.setattr(checks, "cpu_flags", lambda *a: {"sse2", "avx2", "fma"})  # AVX2 only
+    problem = command_line_problem(CONF, "train", ["trainer=cpu", "trainer.precision=bf16-mixed"])
+    assert problem.startswith("trainer.precision=bf16-mixed: this CPU has no bf16 support")
+    assert "avx512bw, avx512vl, avx512dq" in problem
+    assert command_line_problem(CONF, "train", ["trainer=cpu"]) is None  # auto: decided later
+    monkeypatch.setattr(checks, "cpu_flags", lambda *a: {"sse2", "avx512bw", "avx512vl",
+                                                          "avx512dq", "amx_bf16"})
+    assert command_line_problem(CONF, "train", ["trainer=cpu",
+                                                "trainer.precision=bf16-mixed"]) is None

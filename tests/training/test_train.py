@@ -158,3 +158,41 @@ def test_held_out_window_length_changes_no_score(cfg_factory, corpus_file):
         ppl[n] = trainer.validate(model, datamodule=dm, verbose=False)[0]["val/ppl"]
     assert ppl[3] == pytest.approx(ppl[8], rel=1e-6)
     assert ppl[2048] == pytest.approx(ppl[8], rel=1e-6)
+
+
+def test_post_training_scoring_is_on_the_device_the_trainer_used_and_the_console_says_it():
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    from rnnlab.training.run import device_line, on_training_device
+
+    model = nn.Linear(3, 2)
+    # the meta device stands in for a GPU: a device other than the CPU that the CPU can reach
+    trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("meta")),
+                              num_devices=1)
+    assert on_training_device(model, trainer) == torch.device("meta")
+    assert all(p.device.type == "meta" for p in model.parameters())
+    assert device_line(trainer, "bf16-mixed") == "training on META (meta), precision bf16-mixed"
+    cpu = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cpu")),
+                          num_devices=1)
+    assert device_line(cpu, "32-true") is None  # the plain CPU: no line
+    assert device_line(cpu, "bf16-mixed") == "training on CPU (cpu), precision bf16-mixed"
+
+
+def test_dynamic_evaluation_gets_the_model_on_the_trainers_device(cfg_factory, monkeypatch):
+    import rnnlab.training.run as run
+
+    seen = []
+    real = run.evaluate_dynamic
+
+    def spy(model, *args, **kwargs):
+        seen.append(next(model.parameters()).device)
+        return real(model, *args, **kwargs)
+
+    moved = []
+    monkeypatch.setattr(run, "evaluate_dynamic", spy)
+    monkeypatch.setattr(run, "on_training_device", lambda model, trainer: moved.append(
+        trainer.strategy.root_device) or model.to(trainer.strategy.root_device))
+    run.train(cfg_factory("trainer.max_epochs=1", "eval.dynamic=true"))
+    assert moved == seen == [torch.device("cpu")]

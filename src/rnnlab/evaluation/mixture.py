@@ -37,7 +37,7 @@ def evaluate_mixture(model: torch.nn.Module, corpus: dict[str, torch.Tensor], vo
                      ) -> dict[str, float]:
     """Fit the n-gram on corpus["train"], choose a on corpus["val"], score corpus["test"].
     `dynamic`: the dynamically evaluated model's log-probabilities per split
-    (evaluation.heldout.evaluate_dynamic), mixed the same way as `dyn_mix` with its own weight."""
+    (evaluation.dynamic.evaluate_dynamic), mixed the same way as `dyn_mix` with its own weight."""
     if len(corpus.get("val", ())) < 2:
         raise ValueError("ngram_mix needs a validation split (data.splits with a val fraction) "
                          "to choose the mixture weight on")

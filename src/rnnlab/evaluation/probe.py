@@ -6,10 +6,16 @@
     result.g["h"]        # g(k) = mean over rows of ||dL_T / dh_{T-k}||, k = 0..max_distance
     result.scalars()     # decay_per_step, reach, beyond_window, w_hh_sigma_max, w_hh_radius, ...
 
-Everything runs on copies of the model's embedding, core and head in eval mode, with
-torch.autograd.grad: the model's weights, .grad, carried state and optimizer are never touched,
-no dropout mask is drawn, and the RNG state is restored afterwards. g(k) is computed in float64
-because an untrained RNN's g(k) falls below float32's smallest number within a hundred steps.
+Everything runs on copies of the model's embedding, core and head with torch.autograd.grad:
+the model's weights, .grad, carried state and optimizer are never touched, and the RNG state is
+restored afterwards. The copies are in train mode with every dropout (nn.RNN's between layers,
+weight drop, nn.Dropout) at 0 and randomized truncation off (keep_prob 1), which computes what
+eval mode would: cuDNN's RNN backward refuses eval mode ("cudnn RNN backward can only be called
+in training mode"), so eval-mode copies crash the probe on a GPU. Turning cuDNN off for the probe
+would also work, but would measure other kernels than the ones trained with and flip a
+process-wide flag; train mode without dropout keeps the same kernels and touches nothing
+global. g(k) is computed in float64 because an untrained RNN's g(k) falls below float32's
+smallest number within a hundred steps.
 """
 
 from __future__ import annotations
@@ -50,10 +56,26 @@ class Net:
         return tuple(s.to(self.dtype) for s in self.core.begin_state(batch_size))
 
 
+def _deterministic(module: nn.Module) -> nn.Module:
+    """A train-mode module that draws nothing: what eval mode computes, but a backward that
+    cuDNN accepts (see the module docstring)."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.dropout._DropoutNd):
+            m.p = 0.0
+        if isinstance(m, nn.RNNBase):
+            m.dropout = 0.0
+        if getattr(m, "weight_drop", None):
+            m.weight_drop = 0.0
+        if getattr(m, "keep_prob", 1.0) != 1.0:
+            m.keep_prob = 1.0
+    return module
+
+
 def model_copy(model: nn.Module, dtype: torch.dtype, weight_grads: bool) -> Net:
-    """Copies of `model.embedding`, `model.core`, `model.head` in `dtype` and eval mode; their
+    """Copies of `model.embedding`, `model.core`, `model.head` in `dtype`, in train mode with
+    nothing random (`_deterministic`); their
     weights require grad only if `weight_grads` (g(k) needs none: autograd then skips dW)."""
-    parts = [None if m is None else copy.deepcopy(m).to(dtype).eval()
+    parts = [None if m is None else _deterministic(copy.deepcopy(m).to(dtype).train())
              for m in (model.embedding, model.core, model.head)]
     for part in parts:
         for p in part.parameters() if part is not None else ():

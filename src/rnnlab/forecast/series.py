@@ -30,6 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from rnnlab.config.checks import series_data
+
 
 class SeriesDataModule(pl.LightningDataModule):
     """x_j = sin(freq * (j + 1)) + N(0, noise^2), j < T, seeded. Training data: the first
@@ -40,18 +42,8 @@ class SeriesDataModule(pl.LightningDataModule):
                  n_train: int = 600, batch_size: int = 16, window: int | None = None,
                  seed: int = 0):
         super().__init__()
-        for key, value in (("T", T), ("tau", tau), ("n_train", n_train),
-                           ("batch_size", batch_size)):
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"data.{key}={value!r} must be a positive integer")
-        if n_train + tau >= T:
-            raise ValueError(f"data.n_train + data.tau = {n_train + tau} leaves no held-out "
-                             f"points in a series of data.T={T}; lower n_train or raise T")
-        if window is not None and not 0 < window < n_train + tau:
-            raise ValueError(f"window={window} (latent.window) must be in 1..{n_train + tau - 1}"
-                             f" (the training points, n_train + tau, minus one)")
-        if noise < 0:
-            raise ValueError(f"data.noise={noise} must be >= 0 (a standard deviation)")
+        series_data(T=T, noise=noise, tau=tau, n_train=n_train, batch_size=batch_size,
+                    window=window)  # rnnlab.config.checks: before torch too
         self.T, self.freq, self.noise, self.tau = T, freq, noise, tau
         self.n_train, self.batch_size, self.window, self.seed = n_train, batch_size, window, seed
         self.x = self.clean = self.features = self.labels = None

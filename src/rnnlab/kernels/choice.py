@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
+from rnnlab.config import checks
 from rnnlab.kernels import onednn
 
 log = logging.getLogger(__name__)
@@ -239,7 +240,11 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.T
 
 # ---- precision --------------------------------------------------------------------------------
 def bf16_matrix_units() -> bool:
-    """Whether this CPU multiplies bfloat16 in hardware (AMX or AVX512-BF16), by torch's checks."""
+    """Whether this CPU multiplies bfloat16 in hardware (AMX or AVX512-BF16) and oneDNN can run
+    bf16 on it (config.checks: /proc/cpuinfo's flags; torch's own checks where there are none)."""
+    flags = checks.cpu_flags()
+    if flags is not None and "sse2" in flags:
+        return checks.bf16_units(flags)
     try:
         return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
     except AttributeError:  # a torch without these checks, or not an x86 build
@@ -248,8 +253,12 @@ def bf16_matrix_units() -> bool:
 
 def resolve_precision(precision: str | int, accelerator: str) -> str | int:
     """`trainer.precision`: `auto` is bf16-mixed on a CPU with bf16 matrix units (float32 master
-    weights, loss and sums; products in bf16), 32-true elsewhere; other values pass through."""
-    if precision != "auto":
-        return precision
+    weights, loss and sums; products in bf16), 32-true elsewhere; other values pass through,
+    except bf16 on a CPU that cannot run it: a ConfigError naming what the CPU lacks (one line,
+    not oneDNN's traceback at the first step)."""
     on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
-    return "bf16-mixed" if on_cpu and bf16_matrix_units() else "32-true"
+    if precision == "auto":
+        return "bf16-mixed" if on_cpu and bf16_matrix_units() else "32-true"
+    if on_cpu:
+        checks.precision(precision, "cpu")
+    return precision

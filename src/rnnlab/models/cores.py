@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rnnlab.config import checks
 from rnnlab.kernels import choice as kernels
 
 State = tuple[torch.Tensor, ...]
@@ -105,8 +106,7 @@ class ScratchRNN(nn.Module):
     def __init__(self, input_size: int, num_hiddens: int = 512, fast: bool = True,
                  sigma: float = 0.01):
         super().__init__()
-        if num_hiddens <= 0:
-            raise ValueError(f"model.core.num_hiddens={num_hiddens} must be a positive integer")
+        checks.core(num_hiddens=num_hiddens)  # before torch too
         self.input_size, self.num_hiddens, self.fast = input_size, num_hiddens, fast
         self.W_xh = nn.Parameter(torch.randn(input_size, num_hiddens) * sigma)
         self.W_hh = nn.Parameter(torch.randn(num_hiddens, num_hiddens) * sigma)
@@ -167,13 +167,7 @@ class TorchRNN(nn.Module):
     def __init__(self, kind: str, input_size: int, num_hiddens: int = 512, num_layers: int = 1,
                  dropout: float = 0.0, weight_drop: float = 0.0, cpu_kernel: str = "rnnlab"):
         super().__init__()
-        if kind not in self.KINDS:
-            raise ValueError(f"model.core.kind={kind!r} is unknown; use one of {list(self.KINDS)}")
-        for key, value in (("num_hiddens", num_hiddens), ("num_layers", num_layers)):
-            if value <= 0:
-                raise ValueError(f"model.core.{key}={value} must be a positive integer")
-        if cpu_kernel not in ("rnnlab", "torch"):
-            raise ValueError(f"model.core.cpu_kernel={cpu_kernel!r}: use 'rnnlab' or 'torch'")
+        checks.core(kind, num_hiddens, num_layers, cpu_kernel)  # before torch too
         self.kind, self.input_size, self.cpu_kernel = kind, input_size, cpu_kernel
         self.num_hiddens, self.num_layers = num_hiddens, num_layers
         self.rnn = self.KINDS[kind](input_size, num_hiddens, num_layers,

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from rnnlab.config import checks
 from rnnlab.config.cli import build
 from rnnlab.config.saved import upgrade_targets
 from rnnlab.models.lm import LanguageModel
@@ -33,8 +34,7 @@ def generate(
     """`prefix` followed by `num_preds` predicted tokens; temperature 0 is greedy (the book).
     The prefix gets the training text's preprocessing first (e.g. lower-case for `letters`);
     the model carries its vocabulary and tokenization (`model.vocab`, `model.token`)."""
-    if temperature < 0:
-        raise ValueError(f"temperature={temperature} must be >= 0 (0 = greedy)")
+    checks.temperature(temperature)  # also before torch, in check_command_line
     was_training = model.training
     model.eval()
     vocab, token = model.vocab, model.token

@@ -11,7 +11,7 @@ token cross-entropy. The hidden-state policy: with sequential partitioning the s
 across minibatches and detached (so the window is the truncation point); with random sampling
 each minibatch starts from zeros. It is reset at every epoch start and before validation and
 test, and training's carried state is put back after a validation. Statistics and the divergence
-guard live in `rnnlab.training.monitor`, held-out sums in `rnnlab.evaluation.heldout`.
+guard live in `rnnlab.training.monitor`, held-out sums in `models.perplexity`.
 
 Under DDP (`training.distributed`) each rank holds a block of the minibatch's rows and their carried
 state; dropout masks are drawn for the whole global batch on every rank (same seed, same draws)
@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rnnlab.config.checks import language_model
 from rnnlab.kernels.choice import linear
 from rnnlab.models.clipping import clip_grad_norm_book, global_grad_norm
 from rnnlab.models.cores import ScratchRNN, State, detach_state
@@ -51,10 +52,7 @@ class LanguageModel(pl.LightningModule):
         keep_prob: float = 1.0,
     ):
         super().__init__()
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"model.dropout={dropout} must be in [0, 1)")
-        if not 0.0 < keep_prob <= 1.0:
-            raise ValueError(f"bptt.keep_prob={keep_prob} must be in (0, 1]")
+        language_model(dropout, keep_prob, embedding_dim)  # rnnlab.config.checks: before torch too
         self.vocab_size = vocab_size
         self.embedding = nn.Embedding(vocab_size, embedding_dim) if embedding_dim else None
         self.core = core(input_size=embedding_dim or vocab_size)

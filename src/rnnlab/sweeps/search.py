@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import TrialState
 
-from rnnlab.config.checks import validate_config
+from rnnlab.config.checks import train_config
 from rnnlab.errors import ConfigError
 from rnnlab.sweeps.sweep import claim_sweep_dir, sweep_identity
 
@@ -103,7 +103,7 @@ class Search:
                         f"({str(e).splitlines()[0]}); search keys of the train config (python "
                         f"scripts/train.py --cfg job lists them), or +{key} to add one") from None
                 try:
-                    validate_config(cfg)
+                    train_config(cfg)
                 except ConfigError as e:
                     raise ConfigError(f"hydra.sweeper.params.{key}={spec[key]} reaches a bad "
                                       f"setting: {e}; narrow the range") from None

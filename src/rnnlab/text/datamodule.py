@@ -28,11 +28,9 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from rnnlab.config.checks import SAMPLING, text_data
 from rnnlab.text.corpus import read_text, resolve_corpus
-from rnnlab.text.vocab import PREPROCESS, TOKENS, Vocab, encode_corpus, preprocess
-
-SAMPLING = ("random", "sequential")
-WINDOWS = ("regular", "randomized", "full")
+from rnnlab.text.vocab import Vocab, encode_corpus, preprocess
 
 
 @dataclass(frozen=True)
@@ -182,24 +180,9 @@ class TextDataModule(pl.LightningDataModule):
         eval_num_steps: int | None = None,
     ):
         super().__init__()
-        checks = [("preprocess", preprocess, PREPROCESS), ("token", token, TOKENS),
-                  ("sampling", sampling, SAMPLING), ("windows", windows, WINDOWS)]
-        for key, value, allowed in checks:
-            if value not in allowed:
-                raise ValueError(f"data.{key}={value!r} is unknown; use one of {list(allowed)}")
-        for key, value in (("batch_size", batch_size), ("num_steps", num_steps),
-                           ("eval_num_steps", eval_num_steps or num_steps)):
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"data.{key}={value!r} must be a positive integer")
-        if pin_memory not in (None, True, False):
-            raise ValueError(f"data.pin_memory={pin_memory!r} must be true, false or null "
-                             "(null: pinned when training on a GPU)")
-        if windows == "full" and sampling != "sequential":
-            raise ValueError("bptt=full backpropagates through whole streams and needs "
-                             f"data.sampling=sequential, not {sampling!r}")
-        if len(splits) != 3 or min(splits) < 0 or splits[0] <= 0 or abs(sum(splits) - 1) > 1e-6:
-            raise ValueError(f"data.splits={list(splits)} must be 3 non-negative fractions "
-                             f"(train > 0) summing to 1, e.g. [0.9, 0.05, 0.05]")
+        text_data(preprocess=preprocess, token=token, sampling=sampling, windows=windows,
+                  batch_size=batch_size, num_steps=num_steps, eval_num_steps=eval_num_steps,
+                  pin_memory=pin_memory, splits=splits)  # rnnlab.config.checks: before torch too
         self.path, self.data_dir = path, data_dir
         self.preprocess_mode, self.token = preprocess, token
         self.min_freq, self.reserved_tokens = min_freq, list(reserved_tokens)

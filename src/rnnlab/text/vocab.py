@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-PREPROCESS = ("letters", "none")
-TOKENS = ("char", "word")
+from rnnlab.config.checks import PREPROCESS, TOKENS
+
 UNK = "<unk>"
 
 

@@ -27,11 +27,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import RichProgressBar, Timer
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
-from rnnlab.config.checks import (
-    check_full_bptt_memory,
-    check_resume_checkpoint,
-    validate_config,
-)
+from rnnlab.config.checks import train_config
 from rnnlab.config.cli import build, is_multirun, save_config
 from rnnlab.config.overrides import hydra_runtime, job_overrides
 from rnnlab.errors import ConfigError
@@ -48,6 +44,7 @@ from rnnlab.training.distributed import (
     pack_gpu,
 )
 from rnnlab.training.monitor import TrainingMonitor
+from rnnlab.training.preflight import check_full_bptt_memory, check_resume_checkpoint
 from rnnlab.training.probe_callback import GradientsThroughTime
 from rnnlab.training.relaunch import carry_over, objective, previous_run, read_summary
 from rnnlab.training.tblogger import RunLogger
@@ -191,8 +188,8 @@ def train(cfg: DictConfig) -> float:
         write_summary(out_dir, summary)
     started = time.time()
     try:
-        validate_config(cfg)
-        check_distributed(cfg)  # devices, world size
+        train_config(cfg)  # already checked before torch by the command line; not by a caller
+        check_distributed(cfg)  # devices, world size (Lightning)
         pack_gpu(cfg)
         stopper = _fit_and_test(cfg, out_dir, summary, rank0)
         carry_over(summary, earlier if cfg.get("ckpt_path") else None)
@@ -273,6 +270,8 @@ def _fit_and_test(cfg: DictConfig, out_dir: Path, summary: dict, rank0: bool = T
                                 plugins=[AtomicCheckpointIO()], _convert_="all",
                                 enable_progress_bar=interactive, precision=precision)
     ckpt_cb = trainer.checkpoint_callback
+    if rank0 and (line := device_line(trainer, precision)):
+        log.info(line)  # Lightning's availability lines go to the log file only
 
     def record(**kw) -> None:
         last = ckpt_dir / "last.ckpt"
@@ -301,6 +300,7 @@ def _fit_and_test(cfg: DictConfig, out_dir: Path, summary: dict, rank0: bool = T
         extra, dynamic = {}, None
         if not trainer.is_global_zero:  # what follows is one process's work
             return stopper
+        on_training_device(model, trainer)  # trainer.test's teardown left it on the CPU
         if cfg.get("eval") and cfg.eval.dynamic:  # the tested weights adapt to the text they score
             found, dynamic = evaluate_dynamic(model, dm.corpus, cfg.eval.lr, cfg.eval.decay,
                                               cfg.eval.window, cfg.eval.get("normalize", True))
@@ -315,6 +315,26 @@ def _fit_and_test(cfg: DictConfig, out_dir: Path, summary: dict, rank0: bool = T
         if isinstance(lg, RunLogger):  # the HParams tab's row for this run
             lg.log_session(cfg, summary, step=trainer.global_step)
     return stopper
+
+
+def device_line(trainer: pl.Trainer, precision: str | int) -> str | None:
+    """One console line saying what the run uses, when it is not the plain CPU in float32
+    (the GPU's name, the number of devices, the precision); None on the plain CPU."""
+    device = trainer.strategy.root_device
+    if device.type == "cpu" and str(precision) in ("32-true", "32") and trainer.num_devices == 1:
+        return None
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type.upper()
+    count = f"{trainer.num_devices} x " if trainer.num_devices > 1 else ""
+    return f"training on {count}{name} ({device.type}), precision {precision}"
+
+
+def on_training_device(model: torch.nn.Module, trainer: pl.Trainer) -> torch.device:
+    """Move the model back to the device it trained on (Lightning's strategy teardown after
+    trainer.test moves it to the CPU), so that dynamic evaluation and the n-gram mixture score
+    where training ran; returns that device."""
+    device = trainer.strategy.root_device
+    model.to(device)
+    return device
 
 
 def max_time_cut(trainer: pl.Trainer) -> bool:
