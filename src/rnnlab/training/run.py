@@ -135,8 +135,8 @@ def torch_threads(cfg: DictConfig) -> int:
 def keep_freed_memory() -> bool:
     """Tell glibc's malloc to keep freed memory instead of unmapping it: a training step frees and
     re-allocates the same large activation buffers (18 MB each at batch 256), and a fresh mapping
-    is page-faulted back in on every step (about 4% of a step on an AMD EPYC). The process keeps
-    its peak heap until it exits. Returns False where this is not glibc."""
+    is page-faulted back in on every step (what that costs: docs/performance.md). The process
+    keeps its peak heap until it exits. Returns False where this is not glibc."""
     try:
         libc = ctypes.CDLL("libc.so.6")
         M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
