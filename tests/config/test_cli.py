@@ -12,7 +12,9 @@ import torch
 from conftest import ROOT
 from omegaconf import OmegaConf
 
-from rnnlab.config.cli import ConsoleFilter, _remove_refused_run_dir, build, command_line_problem
+from rnnlab.config.build import build
+from rnnlab.config.cli import _remove_refused_run_dir, command_line_problem
+from rnnlab.config.console import ConsoleFilter
 from rnnlab.errors import NO_GPU
 
 CONF = ROOT / "conf"
@@ -150,7 +152,7 @@ CHECKOUT_PATH = ["/home/u/rnnlab/scripts", "/usr/lib/python311.zip", "/usr/lib/p
 
 
 def warning_record(filename: str, category=FutureWarning, path=CHECKOUT_PATH):
-    from rnnlab.config.cli import warning_module
+    from rnnlab.config.console import warning_module
 
     record = logging.LogRecord("py.warnings", logging.WARNING, filename, 21,
                                "%s:21: FutureWarning: isinstance(treespec, LeafSpec) is "
@@ -178,7 +180,7 @@ def test_console_filter_goes_by_the_warnings_module_not_its_path(filename, modul
 
 
 def test_a_warnings_module_is_found_through_the_loaded_modules_first(tmp_path):
-    from rnnlab.config.cli import warning_module
+    from rnnlab.config.console import warning_module
 
     assert warning_module(logging.__file__) == "logging"
     assert warning_module(str(ROOT / "src" / "rnnlab" / "config" / "cli.py")) == "rnnlab.config.cli"

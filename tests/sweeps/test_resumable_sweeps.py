@@ -177,7 +177,7 @@ def _job(tmp_path: Path, cfg_factory, status: str, **extra) -> tuple:
     cfg = cfg_factory("model.dropout=0.1")
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True)
-    from rnnlab.config.cli import save_config
+    from rnnlab.config.saved import save_config
 
     save_config(cfg, out)
     summary = {"status": status, "best_val_ppl": 5.5, **extra}

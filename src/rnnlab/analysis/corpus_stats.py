@@ -16,7 +16,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from rnnlab.config.cli import build, save_config
+from rnnlab.config.build import build
+from rnnlab.config.saved import save_config
 
 NAMES = {1: "unigram", 2: "bigram", 3: "trigram"}
 

@@ -1,5 +1,5 @@
 """What every script's entry point shares: the command line checked before Hydra runs, one-line
-errors and exit codes, a quiet console, building objects from config nodes, the saved config.
+errors and exit codes (the quiet console: config.console; building objects: config.build).
 
     if __name__ == "__main__":
         check_command_line(CONF_DIR, "train")   # a typo: one line `error: ...`, exit status 2
@@ -21,7 +21,6 @@ import inspect
 import logging
 import shutil
 import sys
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,16 +28,16 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
-from hydra.errors import HydraException, InstantiationException
+from hydra.errors import HydraException
 from hydra.types import RunMode
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 import rnnlab.config.runname  # noqa: F401  registers ${rnnlab.run_name:} (sweep job dir names)
 from rnnlab.config.checks import config_problem
+from rnnlab.config.console import quiet_console
 from rnnlab.config.overrides import hydra_runtime
-from rnnlab.config.saved import flatten, plain_config
+from rnnlab.config.saved import flatten
 from rnnlab.errors import NO_GPU
 
 log = logging.getLogger("rnnlab")
@@ -216,93 +215,6 @@ def _first_line(e: Exception) -> str:
     return text
 
 
-def build(node: DictConfig, **kwargs):
-    """Hydra's instantiate, but a bad setting caught by the target's constructor comes out as
-    its own ValueError (one clear line), not wrapped in Hydra's InstantiationException; so does
-    Lightning's MisconfigurationException."""
-    try:
-        return instantiate(node, **kwargs)
-    except InstantiationException as e:
-        cause = e.__cause__
-        if isinstance(cause, ValueError):
-            raise cause from None
-        if type(cause).__name__ == "MisconfigurationException":  # Lightning's, not imported here
-            gpu = "No supported gpu backend" in str(cause) or (
-                "CUDA" in str(cause) and "not available" in str(cause))
-            raise ValueError(NO_GPU if gpu else f"{node.get('_target_')}: {cause}") from None
-        raise
-
-
-OWN_PACKAGES = ("rnnlab", "hydra_plugins", "__main__")  # __main__: our scripts/*.py
-
-
-def warning_module(filename: str, path: list[str] | None = None,
-                   modules: dict | None = None) -> str:
-    """The dotted name of the module a warning comes from: the loaded module with that file, or
-    else the file's path relative to the longest sys.path entry holding it (site-packages is
-    longer than a checkout that holds a virtualenv); "" when neither tells. Never a substring
-    of the path: a checkout named `rnnlab` holds every file of its `.venv`."""
-    try:
-        file = Path(filename).resolve()
-    except (OSError, ValueError):
-        return ""
-    for name, module in list((sys.modules if modules is None else modules).items()):
-        mod_file = getattr(module, "__file__", None)
-        if mod_file and Path(mod_file).resolve() == file:
-            return name
-    best: Path | None = None
-    for entry in sys.path if path is None else path:
-        root = Path(entry or ".").resolve()
-        if file.is_relative_to(root) and (best is None or len(root.parts) > len(best.parts)):
-            best = root
-    if best is None:
-        return ""
-    parts = list(file.relative_to(best).with_suffix("").parts)
-    if parts and parts[-1] == "__init__":
-        parts.pop()
-    return ".".join(parts)
-
-
-def is_own_module(name: str) -> bool:
-    return name.split(".")[0] in OWN_PACKAGES and (
-        name.split(".")[0] != "hydra_plugins" or ".rnnlab" in name)
-
-
-class ConsoleFilter(logging.Filter):
-    """What the console does not show (the run's log file still has it): DEBUG records (the
-    config dump), Lightning's INFO lines (accelerator availability, "Seed set to", AMP, the
-    checkpoint it restores: run.py says in one line of ours what the run uses when it is not
-    the plain CPU) and "Tip" adverts, and deprecation warnings raised in other packages'
-    modules (by the warning's module, see `warning_module`)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.INFO:
-            return False
-        if record.name.startswith(("pytorch_lightning", "lightning")) and (
-                record.levelno < logging.WARNING or "Tip:" in record.getMessage()):
-            return False
-        category = getattr(record, "category", None)
-        return not (category and issubclass(category, (DeprecationWarning, FutureWarning))
-                    and not is_own_module(getattr(record, "warned_from", "")))
-
-
-def _log_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    logging.getLogger("py.warnings").warning(
-        "%s:%s: %s: %s", filename, lineno, category.__name__, message,
-        extra={"category": category, "warned_from": warning_module(str(filename))})
-
-
-def quiet_console() -> None:
-    """Python warnings become log records, rnnlab's DEBUG records reach the log file, and the
-    console handler Hydra installed gets the ConsoleFilter."""
-    logging.getLogger("rnnlab").setLevel(logging.DEBUG)
-    for handler in logging.getLogger().handlers:
-        if not isinstance(handler, logging.FileHandler) and not any(
-                isinstance(f, ConsoleFilter) for f in handler.filters):
-            handler.addFilter(ConsoleFilter())
-    warnings.showwarning = _log_warning
-
-
 RUN_DIR_START = {".hydra", "summary.json", "config.yaml"}  # and the <task>.log
 
 
@@ -342,15 +254,3 @@ def run_main(task: Callable[[DictConfig], object], cfg: DictConfig):
         _remove_refused_run_dir()
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-
-
-def save_config(cfg: DictConfig, out_dir: Path) -> Path:
-    """The resolved config (without Hydra's own node) as out_dir/config.yaml, and in the log
-    (on the console too with print_config=true)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "config.yaml"
-    path.write_text(OmegaConf.to_yaml(plain_config(cfg)))
-    log.log(logging.INFO if cfg.get("print_config") else logging.DEBUG, "config:\n%s",
-            path.read_text())
-    return path
-

@@ -2,6 +2,7 @@
 
     from rnnlab.config.saved import plain_config, flatten, upgrade_targets
     plain = plain_config(cfg)            # resolved, plain containers, without Hydra's node
+    save_config(cfg, run_dir)            # run_dir/config.yaml (and the log)
     flatten({"a": {"b": 1}})             # {"a.b": 1}
     upgrade_targets(old_run_config)      # `_target_`s of before the subpackages, renamed
 
@@ -13,9 +14,13 @@ generate and resume and old sweep dirs still relaunch.
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("rnnlab")
 
 # old module -> new module; a target is renamed only when its module is exactly the old one
 MOVED = {
@@ -68,3 +73,14 @@ def flatten(node: Any, prefix: str = "", lists: bool = True) -> dict[str, Any]:
     for k, v in items:
         out.update(flatten(v, f"{prefix}{k}.", lists))
     return out
+
+
+def save_config(cfg: DictConfig, out_dir: Path) -> Path:
+    """The resolved config (without Hydra's own node) as out_dir/config.yaml, and in the log
+    (on the console too with print_config=true)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "config.yaml"
+    path.write_text(OmegaConf.to_yaml(plain_config(cfg)))
+    log.log(logging.INFO if cfg.get("print_config") else logging.DEBUG, "config:\n%s",
+            path.read_text())
+    return path

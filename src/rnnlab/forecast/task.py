@@ -19,7 +19,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from rnnlab.config.cli import build, save_config
+from rnnlab.config.build import build
+from rnnlab.config.saved import save_config
 
 
 def _plots(name: str, dm, ev: dict):

@@ -15,7 +15,7 @@ import torch
 from omegaconf import OmegaConf
 
 from rnnlab.config import checks
-from rnnlab.config.cli import build
+from rnnlab.config.build import build
 from rnnlab.config.saved import upgrade_targets
 from rnnlab.models.lm import LanguageModel
 from rnnlab.text.vocab import Vocab, join_tokens, preprocess, tokenize

@@ -27,9 +27,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import RichProgressBar, Timer
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
+from rnnlab.config.build import build
 from rnnlab.config.checks import train_config
-from rnnlab.config.cli import build, is_multirun, save_config
+from rnnlab.config.cli import is_multirun
 from rnnlab.config.overrides import hydra_runtime, job_overrides
+from rnnlab.config.saved import save_config
 from rnnlab.errors import ConfigError
 from rnnlab.evaluation.dynamic import evaluate_dynamic
 from rnnlab.evaluation.mixture import evaluate_mixture
