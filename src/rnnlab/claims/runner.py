@@ -1,0 +1,153 @@
+"""Run what the claims need, resumably, and collect it (scripts/reproduce.py).
+
+    from rnnlab.claims.runner import reproduce
+    reproduce(cfg)           # cfg = rnnlab.claims.registry.load(["budget=smoke"])
+
+<out_dir>/corpus/                   the derived texts (rnnlab.claims.texts)
+<out_dir>/runs/train/<n>_claims-variant=<v>,seed=<s>/   one scripts/train.py sweep, every variant
+                                    x seed (conf/claims/variant/), a job's summary.json and tb/
+<out_dir>/runs/forecast/seed_<s>/   scripts/forecast.py per seed
+<out_dir>/runs/claims/              the claims' figures and verdicts in TensorBoard
+so `tensorboard --logdir <out_dir>/runs` holds every run.
+
+Resuming: the training sweep is launched only when a job is missing, and then as the very same
+command, so the project's resumable sweeper (docs/sweeps.md) keeps finished jobs, resumes
+interrupted ones from last.ckpt and trains the missing ones; a forecast seed runs only when its
+summary.json is not finished. A killed reproduce.py run again finishes what is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from rnnlab.claims.registry import measures_needed, variants_needed
+from rnnlab.claims.texts import write_corpora
+
+log = logging.getLogger("rnnlab.claims")
+ROOT = Path(__file__).resolve().parents[3]
+DONE = ("finished", "diverged", "failed")  # failed jobs are kept by the sweeper, not retried
+VARIANT_KEY = "+claims/variant"
+
+
+def job_key(summary: dict) -> tuple[str, int] | None:
+    """(variant, seed) of a claims sweep job, from the overrides its summary.json records."""
+    over = dict(o.split("=", 1) for o in summary.get("overrides", []) if "=" in o)
+    if VARIANT_KEY not in over:
+        return None
+    return over[VARIANT_KEY], int(over.get("seed", summary.get("seed", 0)))
+
+
+def read_jobs(sweep_dir: Path) -> dict[tuple[str, int], dict]:
+    """Every job summary.json in the sweep dir, by (variant, seed)."""
+    jobs = {}
+    for path in sorted(sweep_dir.glob("*/summary.json")):
+        try:
+            summary = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):  # a job killed while writing: missing
+            continue
+        key = job_key(summary)
+        if key is not None:
+            jobs[key] = summary
+    return jobs
+
+
+def missing_jobs(sweep_dir: Path, variants: Sequence[str], seeds: Sequence[int]
+                 ) -> list[tuple[str, int]]:
+    """The (variant, seed) jobs without a finished (or diverged, or failed) summary."""
+    jobs = read_jobs(sweep_dir)
+    return [(v, s) for v in variants for s in seeds
+            if (jobs.get((v, s)) or {}).get("status") not in DONE]
+
+
+def train_command(cfg: DictConfig, variants: Sequence[str]) -> list[str]:
+    """One multirun of scripts/train.py over variant x seed; the same on every relaunch."""
+    out = Path(cfg.out_dir).resolve()
+    return [sys.executable, str(ROOT / "scripts" / "train.py"), "--multirun",
+            f"{VARIANT_KEY}={','.join(variants)}",
+            f"seed={','.join(str(s) for s in cfg.budget.seeds)}",
+            f"data.data_dir={out / 'corpus'}", "data.preprocess=none",
+            f"data.splits=[{','.join(str(x) for x in cfg.splits)}]",
+            f"hydra.sweep.dir={out / 'runs' / 'train'}",
+            *cfg.budget.train, *cfg.budget.launcher]
+
+
+def forecast_command(cfg: DictConfig, seed: int) -> list[str]:
+    run_dir = Path(cfg.out_dir).resolve() / "runs" / "forecast" / f"seed_{seed}"
+    return [sys.executable, str(ROOT / "scripts" / "forecast.py"), f"seed={seed}",
+            f"hydra.run.dir={run_dir}", *cfg.budget.forecast]
+
+
+def missing_forecasts(cfg: DictConfig) -> list[int]:
+    base = Path(cfg.out_dir) / "runs" / "forecast"
+    missing = []
+    for s in cfg.budget.seeds:
+        path = base / f"seed_{s}" / "summary.json"
+        try:
+            done = json.loads(path.read_text()).get("status") == "finished"
+        except (OSError, json.JSONDecodeError):
+            done = False
+        if not done:
+            missing.append(s)
+    return missing
+
+
+def _run(cmd: list[str], log_path: Path) -> None:
+    log.info("running: %s", " ".join(cmd))
+    env = {**os.environ, "PROJECT_ROOT": str(ROOT)}
+    with open(log_path, "a") as f:
+        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT).returncode
+    if rc:
+        raise RuntimeError(f"exit status {rc}: {' '.join(cmd)} (its output: {log_path})")
+
+
+def run_all(cfg: DictConfig) -> dict:
+    """Everything the registry needs that is not there yet; returns what ran, with timings."""
+    out = Path(cfg.out_dir)
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    write_corpora(out / "corpus", cfg.budget.corpus.max_chars, cfg.budget.corpus.block,
+                  cfg.splits)
+    ran: dict = {"train_jobs": [], "forecast_seeds": [], "seconds": {}}
+    variants = variants_needed(cfg.claims)
+    todo = missing_jobs(out / "runs" / "train", variants, cfg.budget.seeds)
+    started = time.time()
+    if todo:
+        log.info("training %d of %d jobs (variant, seed): %s", len(todo),
+                 len(variants) * len(cfg.budget.seeds), todo)
+        _run(train_command(cfg, variants), out / "train.log")
+        ran["train_jobs"] = [list(j) for j in todo]
+    ran["seconds"]["train"] = round(time.time() - started, 1)
+    started = time.time()
+    if "forecast" in measures_needed(cfg.claims):
+        for s in missing_forecasts(cfg):
+            _run(forecast_command(cfg, s), out / "forecast.log")
+            ran["forecast_seeds"].append(s)
+    ran["seconds"]["forecast"] = round(time.time() - started, 1)
+    return ran
+
+
+def collect(cfg: DictConfig) -> dict[str, dict[int, dict]]:
+    """{variant: {seed: summary}} of the training sweep."""
+    runs: dict[str, dict[int, dict]] = {}
+    for (v, s), summary in read_jobs(Path(cfg.out_dir) / "runs" / "train").items():
+        runs.setdefault(v, {})[s] = summary
+    return runs
+
+
+def reproduce(cfg: DictConfig) -> Path:
+    """Run what is missing, measure every claim, write the page; returns claims.json's path."""
+    from rnnlab.claims.page import evaluate_claims, write_page
+
+    started = time.time()
+    ran = run_all(cfg)
+    results = evaluate_claims(cfg, collect(cfg))
+    ran["seconds"]["total"] = round(time.time() - started, 1)
+    return write_page(cfg, results, ran)
