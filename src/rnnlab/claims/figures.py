@@ -18,6 +18,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import ScalarFormatter  # noqa: E402
 
 from rnnlab.claims.runner import read_jobs  # noqa: E402
 
@@ -47,6 +48,8 @@ def _levels_axis(ax, result: dict) -> None:
     ax.set_xlim(-0.5, len(names) - 0.5)
     if log:
         ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(ScalarFormatter())  # 28, not 2.8x10^1
+        ax.yaxis.set_minor_formatter(ScalarFormatter())
     ax.set_ylabel(result["unit"])
     ax.grid(axis="y", alpha=0.3)
 

@@ -13,6 +13,7 @@ Measures (registry `measure:`), each through the library's public functions:
   vocab_size |V| of the runs' training split (rnnlab.vocab.encode_corpus, as the DataModule);
   warmup     ppl of the characters after a prefix, warmed up on it or not (the base checkpoint);
   constant   the level's `value`.
+A run level's `key: seconds_per_update` is derived from the summary (seconds_per_update()).
 Deterministic measures give the same value for every seed. A missing run or key gives None.
 """
 
@@ -51,8 +52,10 @@ class Measures:
     def values(self, level, seeds: Sequence[int]) -> list[float | None]:
         level = dict(level)
         if "run" in level:
-            return [_number((self.runs.get(level["run"], {}).get(s) or {}).get(level["key"]))
-                    for s in seeds]
+            summaries = [self.runs.get(level["run"], {}).get(s) or {} for s in seeds]
+            if level["key"] == "seconds_per_update":
+                return [self.seconds_per_update(x) for x in summaries]
+            return [_number(x.get(level["key"])) for x in summaries]
         name = level.pop("measure")
         if name in ("laplace", "kneser_ney", "vocab_size", "constant"):
             v = float(level["value"]) if name == "constant" else getattr(self, name)()
@@ -60,6 +63,15 @@ class Measures:
         if name == "zipf":
             return [self.zipf(int(level["n"]), i, len(seeds)) for i in range(len(seeds))]
         return [getattr(self, name)(seed=s, **level) for s in seeds]
+
+    def seconds_per_update(self, summary: dict) -> float | None:
+        """Training seconds per optimizer step: the tokens a step reads (training tokens x
+        epochs / steps) over tokens/s. Derived, as summary.json has no per-step time."""
+        n_train = split_bounds(len(self.forward), self.cfg.splits)[0]
+        steps, tps = summary.get("global_step"), _number(summary.get("tokens_per_s"))
+        if not steps or not tps or not summary.get("epochs"):
+            return None
+        return n_train * summary["epochs"] / steps / tps
 
     # ---- char corpus of the runs, split as TextDataModule splits it --------------------------
     @functools.cached_property
