@@ -157,6 +157,14 @@ def reproduce(cfg: DictConfig) -> Path:
 
     started = time.time()
     ran = run_all(cfg)
-    results = evaluate_claims(cfg, collect(cfg))
+    runs = collect(cfg)
+    # what the runs cost, whatever number of launches (resumes) it took to make them
+    forecasts = [Path(cfg.out_dir) / "runs" / "forecast" / f"seed_{s}" / "summary.json"
+                 for s in cfg.budget.seeds]
+    ran["seconds"]["jobs"] = round(
+        sum(x.get("wall_time_s") or 0 for v in runs.values() for x in v.values())
+        + sum(json.loads(p.read_text()).get("wall_time_s") or 0 for p in forecasts
+              if p.is_file()), 1)
+    results = evaluate_claims(cfg, runs)
     ran["seconds"]["total"] = round(time.time() - started, 1)
     return write_page(cfg, results, ran)
