@@ -18,7 +18,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import ScalarFormatter  # noqa: E402
+from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 
 from rnnlab.claims.runner import read_jobs  # noqa: E402
 
@@ -48,8 +48,11 @@ def _levels_axis(ax, result: dict) -> None:
     ax.set_xlim(-0.5, len(names) - 0.5)
     if log:
         ax.set_yscale("log")
-        ax.yaxis.set_major_formatter(ScalarFormatter())  # 28, not 2.8x10^1
-        ax.yaxis.set_minor_formatter(ScalarFormatter())
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 28, not 2.8x10^1
+        vals = [v for lv in result["levels"].values() for v in _finite(lv["values"])]
+        # within a decade the minor ticks are the only labels; across decades they crowd
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}")
+                                     if max(vals) < 10 * min(vals) else NullFormatter())
     ax.set_ylabel(result["unit"])
     ax.grid(axis="y", alpha=0.3)
 
