@@ -155,7 +155,7 @@ def markdown(doc: dict) -> str:
         lines += [f"## {r['section']} `{r['id']}`: {r['verdict']}", "", f"**Claim.** {r['claim']}",
                   "", f"**Measured.** {r['measurement']}" +
                   (f" Chosen on val: {r['chosen']}." if r.get("chosen") else ""), "",
-                  f"| level ({r['unit']}) | per seed | mean | 95% CI |", "|---|---|---|---|"]
+                  f"| level ({_cell(r['unit'])}) | per seed | mean | 95% CI |", "|---|---|---|---|"]
         for name, lv in r["levels"].items():
             per = ", ".join(_g(v) for v in lv["values"])
             ci = "-" if lv["lo"] is None else f"[{_g(lv['lo'])}, {_g(lv['hi'])}]"
