@@ -80,3 +80,25 @@ def test_the_sweep_command_is_the_same_on_every_launch(tmp_path):
     assert cmd == train_command(cfg, variants_needed(cfg.claims))
     assert f"hydra.sweep.dir={tmp_path.resolve() / 'runs' / 'train'}" in cmd
     assert "seed=0,1" in cmd and "--multirun" in cmd
+
+
+def test_variants_compose_with_train_and_the_budget_wins(tmp_path):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from rnnlab.claims.registry import CONF, variants
+
+    GlobalHydra.instance().clear()
+    got = {}
+    with initialize_config_dir(config_dir=str(CONF.parent), version_base="1.3"):
+        for v in variants():
+            got[v] = compose("train", overrides=[
+                f"+claims/variant={v}", f"data.data_dir={tmp_path}", "model.core.num_hiddens=8"])
+    GlobalHydra.instance().clear()
+    assert got["full"].bptt.mode == "full" and got["randomized"].bptt.mode == "randomized"
+    assert got["rnn"].model.core.kind == "rnn" and got["rnn"].model.core.cpu_kernel == "torch"
+    assert got["random"].data.sampling == "random" and got["untrained"].train is False
+    assert got["highlr_noclip"].trainer.gradient_clip_val is None
+    assert got["highlr_clip"].model.optimizer.lr == got["highlr_noclip"].model.optimizer.lr == 4
+    assert got["reversed"].data.path == f"{tmp_path}/reversed.txt"
+    assert all(c.model.core.num_hiddens == 8 for c in got.values())  # the command line wins
