@@ -54,7 +54,7 @@ def test_reversed_text_holds_out_the_same_characters():
 
 
 def _job(sweep, n, variant, seed, status):
-    d = sweep / f"{n}_claims-variant={variant},seed={seed}"
+    d = sweep / f"seed_{seed}" / f"{n}_claims-variant={variant}"
     d.mkdir(parents=True)
     (d / "summary.json").write_text(json.dumps(
         {"status": status, "overrides": [f"+claims/variant={variant}", f"seed={seed}"]}))
@@ -63,23 +63,24 @@ def _job(sweep, n, variant, seed, status):
 def test_a_rerun_asks_only_for_what_is_missing(tmp_path):
     sweep = tmp_path / "runs" / "train"
     _job(sweep, 0, "base", 0, "finished")
-    _job(sweep, 1, "base", 1, "interrupted")       # killed: resumed from last.ckpt
-    _job(sweep, 2, "full", 0, "diverged")          # a result: kept
-    (sweep / "3_claims-variant=full,seed=1").mkdir()  # killed before its summary
+    _job(sweep, 0, "base", 1, "interrupted")       # killed: resumed from last.ckpt
+    _job(sweep, 1, "full", 0, "diverged")          # a result: kept
+    (sweep / "seed_1" / "1_claims-variant=full").mkdir()  # killed before its summary
     assert job_key({"overrides": ["+claims/variant=rnn", "seed=2"]}) == ("rnn", 2)
     assert missing_jobs(sweep, ["base", "full"], [0, 1]) == [("base", 1), ("full", 1)]
-    _job(sweep, 4, "full", 1, "finished")
-    (sweep / "1_claims-variant=base,seed=1" / "summary.json").write_text(json.dumps(
+    (sweep / "seed_1" / "1_claims-variant=full").rmdir()
+    _job(sweep, 1, "full", 1, "finished")
+    (sweep / "seed_1" / "0_claims-variant=base" / "summary.json").write_text(json.dumps(
         {"status": "finished", "overrides": ["+claims/variant=base", "seed=1"]}))
     assert missing_jobs(sweep, ["base", "full"], [0, 1]) == []
 
 
 def test_the_sweep_command_is_the_same_on_every_launch(tmp_path):
     cfg = load(["budget=smoke", f"out_dir={tmp_path}"])
-    cmd = train_command(cfg, variants_needed(cfg.claims))
-    assert cmd == train_command(cfg, variants_needed(cfg.claims))
-    assert f"hydra.sweep.dir={tmp_path.resolve() / 'runs' / 'train'}" in cmd
-    assert "seed=0,1" in cmd and "--multirun" in cmd
+    cmd = train_command(cfg, variants_needed(cfg.claims), 1)
+    assert cmd == train_command(cfg, variants_needed(cfg.claims), 1)
+    assert f"hydra.sweep.dir={tmp_path.resolve() / 'runs' / 'train' / 'seed_1'}" in cmd
+    assert "seed=1" in cmd and "--multirun" in cmd
 
 
 def test_variants_compose_with_train_and_the_budget_wins(tmp_path):

@@ -46,22 +46,22 @@ def test_smoke_budget_end_to_end_and_a_partial_rerun(tmp_path):
         assert f"`{c['id']}`" in (out / "claims.md").read_text()
     # one TensorBoard logdir: every training job, every forecast seed, the claims' figures
     runs = out / "runs"
-    jobs = sorted((runs / "train").glob("*_claims-variant=*"))
+    jobs = sorted((runs / "train").glob("seed_*/*_claims-variant=*"))
     assert len(jobs) == len(doc["ran"]["train_jobs"]) and all(list(j.glob("tb/**/events.*"))
                                                              for j in jobs)
     assert list((runs / "forecast").glob("seed_*/tb/**/events.*"))
     assert list((runs / "claims").glob("events.*"))
 
     # a partial run: one training job and one forecast seed lost; the rest must stay untouched
-    lost = next(j for j in jobs if "variant=random,seed=1" in j.name)
-    kept = {p: p.stat().st_mtime_ns for p in (runs / "train").glob("*/summary.json")
+    lost = next(j for j in jobs if j.parent.name == "seed_1" and "variant=random" in j.name)
+    kept = {p: p.stat().st_mtime_ns for p in (runs / "train").glob("seed_*/*/summary.json")
             if p.parent != lost}
     subprocess.run(["rm", "-r", str(lost), str(runs / "forecast" / "seed_1")], check=True)
     doc2 = _reproduce(out)
     assert doc2["ran"]["train_jobs"] == [["random", 1]]
     assert doc2["ran"]["forecast_seeds"] == [1]
     assert {p: p.stat().st_mtime_ns for p in kept} == kept
-    again = json.loads(next((runs / "train").glob("*variant=random,seed=1/summary.json"))
+    again = json.loads(next((runs / "train").glob("seed_1/*variant=random/summary.json"))
                        .read_text())
     assert again["status"] == "finished"
     # seeded: the job run again gives the number it gave before, so the page is the same

@@ -4,16 +4,18 @@
     reproduce(cfg)           # cfg = rnnlab.claims.registry.load(["budget=smoke"])
 
 <out_dir>/corpus/                   the derived texts (rnnlab.claims.texts)
-<out_dir>/runs/train/<n>_claims-variant=<v>,seed=<s>/   one scripts/train.py sweep, every variant
-                                    x seed (conf/claims/variant/), a job's summary.json and tb/
+<out_dir>/runs/train/seed_<s>/<n>_claims-variant=<v>/   a scripts/train.py sweep per seed over
+                                    the variants (conf/claims/variant/): summary.json, tb/ per job
 <out_dir>/runs/forecast/seed_<s>/   scripts/forecast.py per seed
 <out_dir>/runs/claims/              the claims' figures and verdicts in TensorBoard
 so `tensorboard --logdir <out_dir>/runs` holds every run.
 
-Resuming: the training sweep is launched only when a job is missing, and then as the very same
-command, so the project's resumable sweeper (docs/sweeps.md) keeps finished jobs, resumes
-interrupted ones from last.ckpt and trains the missing ones; a forecast seed runs only when its
-summary.json is not finished. A killed reproduce.py run again finishes what is missing.
+Resuming: a seed's training sweep is launched only when one of its jobs is missing, and then as
+the very same command, so the project's resumable sweeper (docs/sweeps.md) keeps finished jobs,
+resumes interrupted ones from last.ckpt and trains the missing ones; a forecast seed runs only
+when its summary.json is not finished. A killed reproduce.py run again finishes what is missing,
+and more seeds (budget.seeds) add sweeps without touching the others. Other changes to a budget's
+training settings make another experiment: the sweeper refuses them in the same out_dir.
 """
 
 from __future__ import annotations
@@ -46,10 +48,10 @@ def job_key(summary: dict) -> tuple[str, int] | None:
     return over[VARIANT_KEY], int(over.get("seed", summary.get("seed", 0)))
 
 
-def read_jobs(sweep_dir: Path) -> dict[tuple[str, int], dict]:
-    """Every job summary.json in the sweep dir, by (variant, seed)."""
+def read_jobs(train_dir: Path) -> dict[tuple[str, int], dict]:
+    """Every job summary.json of the per-seed sweeps under train_dir, by (variant, seed)."""
     jobs = {}
-    for path in sorted(sweep_dir.glob("*/summary.json")):
+    for path in sorted(train_dir.glob("seed_*/*/summary.json")):
         try:
             summary = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):  # a job killed while writing: missing
@@ -60,23 +62,22 @@ def read_jobs(sweep_dir: Path) -> dict[tuple[str, int], dict]:
     return jobs
 
 
-def missing_jobs(sweep_dir: Path, variants: Sequence[str], seeds: Sequence[int]
+def missing_jobs(train_dir: Path, variants: Sequence[str], seeds: Sequence[int]
                  ) -> list[tuple[str, int]]:
     """The (variant, seed) jobs without a finished (or diverged, or failed) summary."""
-    jobs = read_jobs(sweep_dir)
-    return [(v, s) for v in variants for s in seeds
+    jobs = read_jobs(train_dir)
+    return [(v, s) for s in seeds for v in variants
             if (jobs.get((v, s)) or {}).get("status") not in DONE]
 
 
-def train_command(cfg: DictConfig, variants: Sequence[str]) -> list[str]:
-    """One multirun of scripts/train.py over variant x seed; the same on every relaunch."""
+def train_command(cfg: DictConfig, variants: Sequence[str], seed: int) -> list[str]:
+    """One seed's multirun of scripts/train.py over the variants; the same on every relaunch."""
     out = Path(cfg.out_dir).resolve()
     return [sys.executable, str(ROOT / "scripts" / "train.py"), "--multirun",
-            f"{VARIANT_KEY}={','.join(variants)}",
-            f"seed={','.join(str(s) for s in cfg.budget.seeds)}",
+            f"{VARIANT_KEY}={','.join(variants)}", f"seed={seed}",
             f"data.data_dir={out / 'corpus'}", "data.preprocess=none",
             f"data.splits=[{','.join(str(x) for x in cfg.splits)}]",
-            f"hydra.sweep.dir={out / 'runs' / 'train'}",
+            f"hydra.sweep.dir={out / 'runs' / 'train' / f'seed_{seed}'}",
             *cfg.budget.train, *cfg.budget.launcher]
 
 
@@ -116,22 +117,24 @@ def run_all(cfg: DictConfig) -> dict:
                   cfg.splits)
     ran: dict = {"train_jobs": [], "forecast_seeds": [], "seconds": {}}
     variants = variants_needed(cfg.claims)
-    todo = missing_jobs(out / "runs" / "train", variants, cfg.budget.seeds)
+    train_dir = out / "runs" / "train"
+    todo = missing_jobs(train_dir, variants, cfg.budget.seeds)
     started = time.time()
     if todo:
         log.info("training %d of %d jobs (variant, seed): %s", len(todo),
                  len(variants) * len(cfg.budget.seeds), todo)
-        rc = _run(train_command(cfg, variants), out / "train.log")
         ran["train_jobs"] = [list(j) for j in todo]
+    for seed in dict.fromkeys(s for _, s in todo):  # seed by seed: whole seeds come first
+        rc = _run(train_command(cfg, variants, seed), out / "train.log")
         # a sweep with a failed job exits 1 after running the others: the failed job's values
         # are missing (its claims inconclusive); only jobs still missing stop the page
-        still = missing_jobs(out / "runs" / "train", variants, cfg.budget.seeds)
+        still = missing_jobs(train_dir, variants, [seed])
         if rc and still:
-            raise RuntimeError(f"the training sweep exited {rc} with jobs missing {still}; "
-                               f"its output: {out / 'train.log'}")
+            raise RuntimeError(f"the training sweep of seed {seed} exited {rc} with jobs "
+                               f"missing {still}; its output: {out / 'train.log'}")
         if rc:
-            log.warning("the training sweep exited %d: a job failed (see %s)", rc,
-                        out / "train.log")
+            log.warning("the training sweep of seed %d exited %d: a job failed (see %s)", seed,
+                        rc, out / "train.log")
     ran["seconds"]["train"] = round(time.time() - started, 1)
     started = time.time()
     if "forecast" in measures_needed(cfg.claims):
