@@ -11,7 +11,7 @@ from conftest import ROOT
 
 PACKAGE = ROOT / "src" / "rnnlab"
 LAYERS = [{"errors"}, {"config"}, {"text", "kernels"}, {"models"}, {"evaluation"},
-          {"training", "forecast"}, {"sweeps", "analysis"}]
+          {"training", "forecast"}, {"sweeps", "analysis"}, {"claims"}]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 
 
