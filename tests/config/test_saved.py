@@ -26,13 +26,15 @@ def test_old_targets_are_renamed_to_importable_ones_and_others_kept():
     old = {"_target_": "rnnlab.lm.LanguageModel", "lr": 1.0,
            "core": {"_target_": "rnnlab.cores.TorchRNN", "_partial_": True},
            "callbacks": [{"_target_": "rnnlab.callbacks.SampleText"},
-                         {"_target_": "pytorch_lightning.callbacks.ModelCheckpoint"}],
+                         {"_target_": "pytorch_lightning.callbacks.ModelCheckpoint"},
+                         {"_target_": "pytorch_lightning.callbacks.LearningRateMonitor"}],
            "series": {"_target_": "rnnlab.forecast.LagMLP"}}
     new = upgrade_targets(old)
     assert new["_target_"] == "rnnlab.models.lm.LanguageModel" and new["lr"] == 1.0
     assert new["core"] == {"_target_": "rnnlab.models.cores.TorchRNN", "_partial_": True}
     assert [c["_target_"] for c in new["callbacks"]] == [
-        "rnnlab.training.samples.SampleText", "pytorch_lightning.callbacks.ModelCheckpoint"]
+        "rnnlab.training.samples.SampleText", "rnnlab.training.checkpoints.MovableCheckpoint",
+        "pytorch_lightning.callbacks.LearningRateMonitor"]  # a class renamed, not its module
     assert new["series"]["_target_"] == "rnnlab.forecast.series.LagMLP"
     assert upgrade_targets(new) == new  # new names are left alone
     assert old["_target_"] == "rnnlab.lm.LanguageModel"  # the input is not changed

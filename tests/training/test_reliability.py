@@ -15,7 +15,8 @@ from conftest import ROOT, make_cfg, run_script
 from rnnlab.errors import ConfigError, CorpusError
 from rnnlab.text import corpus as corpus_mod
 from rnnlab.text.corpus import download
-from rnnlab.training.run import AtomicCheckpointIO, train
+from rnnlab.training.checkpoints import AtomicCheckpointIO, MovableCheckpoint
+from rnnlab.training.run import train
 
 
 def summary(cfg) -> dict:
@@ -214,3 +215,21 @@ def test_two_jobs_downloading_at_once_fetch_once(tmp_path, monkeypatch):
         t.join()
     assert results == [payload, payload] and len(calls) == 1
 
+
+
+def test_a_moved_run_dir_finds_its_best_checkpoint_and_keeps_its_score(tmp_path):
+    """Lightning keeps the old absolute best path (and drops the score) when the dir changed."""
+    old, new = tmp_path / "there" / "checkpoints", tmp_path / "here" / "checkpoints"
+    saved = MovableCheckpoint(dirpath=old, monitor="val/ppl")
+    saved.best_model_path = str(old / "best-epoch001-val_ppl9.64.ckpt")
+    saved.best_model_score = torch.tensor(9.64)
+    saved.best_k_models = {saved.best_model_path: torch.tensor(9.64)}
+    saved.kth_best_model_path = saved.best_model_path
+    moved = MovableCheckpoint(dirpath=new, monitor="val/ppl")
+    moved.load_state_dict(saved.state_dict())
+    assert moved.best_model_path == str(new / "best-epoch001-val_ppl9.64.ckpt")
+    assert float(moved.best_model_score) == pytest.approx(9.64)
+    assert list(moved.best_k_models) == [moved.best_model_path]
+    same = MovableCheckpoint(dirpath=old, monitor="val/ppl")
+    same.load_state_dict(saved.state_dict())
+    assert same.best_model_path == saved.best_model_path

@@ -22,8 +22,10 @@ from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger("rnnlab")
 
-# old module -> new module; a target is renamed only when its module is exactly the old one
+# old target or module -> new one; a whole target matches first, else exactly its module
 MOVED = {
+    "pytorch_lightning.callbacks.ModelCheckpoint":
+        "rnnlab.training.checkpoints.MovableCheckpoint",
     "rnnlab.data": "rnnlab.text.datamodule",
     "rnnlab.lm": "rnnlab.models.lm",
     "rnnlab.cores": "rnnlab.models.cores",
@@ -41,7 +43,9 @@ def upgrade_targets(node: Any) -> Any:
     if isinstance(node, dict):
         out = {k: upgrade_targets(v) for k, v in node.items()}
         target = out.get("_target_")
-        if isinstance(target, str) and "." in target:
+        if isinstance(target, str) and target in MOVED:
+            out["_target_"] = MOVED[target]
+        elif isinstance(target, str) and "." in target:
             module, _, name = target.rpartition(".")
             if module in MOVED:
                 out["_target_"] = f"{MOVED[module]}.{name}"

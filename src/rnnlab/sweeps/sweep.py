@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from rnnlab.config.overrides import split_override
 from rnnlab.config.saved import upgrade_targets
 from rnnlab.errors import ConfigError
-from rnnlab.training.relaunch import IGNORED, config_differences
+from rnnlab.training.relaunch import IGNORED, config_differences, without_ignored
 
 log = logging.getLogger("rnnlab")
 MANIFEST = "sweep.yaml"
@@ -45,7 +45,7 @@ def sweep_identity(kind: str, config: DictConfig, arguments: Sequence[str]) -> d
             "params": {str(k): str(v) for k, v in params.items()},
             "overrides": {key: value for key, value in map(split_override, sorted(arguments))
                           if not any(key == f or key.startswith(f + ".") for f in FREE_OVERRIDES)},
-            "config": {k: v for k, v in plain.items() if k != "hydra" and k not in IGNORED}}
+            "config": without_ignored({k: v for k, v in plain.items() if k != "hydra"})}
 
 
 def claim_sweep_dir(sweep_dir: Path, identity: dict) -> None:
@@ -57,7 +57,8 @@ def claim_sweep_dir(sweep_dir: Path, identity: dict) -> None:
         # what the command changed first; the composed config tells of edited config files
         diffs = config_differences({k: v for k, v in before.items() if k != "config"},
                                    {k: v for k, v in now.items() if k != "config"}) \
-            or config_differences(upgrade_targets(before.get("config", {})), now["config"])
+            or config_differences(without_ignored(upgrade_targets(before.get("config", {}))),
+                                  now["config"])
         if diffs:
             raise ConfigError(
                 f"hydra.sweep.dir={sweep_dir} holds another sweep ({'; '.join(diffs[:3])}"

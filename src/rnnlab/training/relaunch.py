@@ -32,8 +32,10 @@ from rnnlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-# resources and resume machinery, not the experiment: they may change between launches
-IGNORED = ("retry_failed", "ckpt_path", "torch_threads", "paths", "data.data_dir")
+# resources, resume machinery and file names, not the experiment: they may change between
+# launches (the best checkpoint's name format changed once; an old sweep still resumes)
+IGNORED = ("retry_failed", "ckpt_path", "torch_threads", "paths", "data.data_dir",
+           "callbacks.checkpoint.filename")
 # what a resumed fit may not produce again (it had nothing left to train): kept from before
 CARRIED = ("final_val_ppl", "train_ppl", "tokens_per_s")
 
@@ -45,8 +47,12 @@ class KeptFailure(RuntimeError):
 def comparable(cfg: DictConfig | dict) -> dict:
     """The config as config.yaml holds it (resolved, no hydra node; old `_target_`s renamed,
     as yaml reads it back), minus IGNORED keys."""
-    plain = upgrade_targets(yaml.safe_load(OmegaConf.to_yaml(plain_config(cfg))))
-    for key in IGNORED:  # a dotted key: drop it from its parent node
+    return without_ignored(upgrade_targets(yaml.safe_load(OmegaConf.to_yaml(plain_config(cfg)))))
+
+
+def without_ignored(plain: dict) -> dict:
+    """`plain` with the IGNORED keys dropped (a dotted key from its parent node), in place."""
+    for key in IGNORED:
         *parents, leaf = key.split(".")
         node = plain
         for part in parents:

@@ -25,7 +25,6 @@ import torch
 from lightning_fabric.utilities.seed import reset_seed
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import RichProgressBar, Timer
-from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from rnnlab.config.build import build
 from rnnlab.config.checks import train_config
@@ -36,6 +35,7 @@ from rnnlab.errors import ConfigError
 from rnnlab.evaluation.dynamic import evaluate_dynamic
 from rnnlab.evaluation.mixture import evaluate_mixture
 from rnnlab.kernels import choice as kernels
+from rnnlab.training.checkpoints import AtomicCheckpointIO
 from rnnlab.training.distributed import (
     agree_on_signal,
     check_distributed,
@@ -52,17 +52,6 @@ from rnnlab.training.relaunch import carry_over, objective, previous_run, read_s
 from rnnlab.training.tblogger import RunLogger
 
 log = logging.getLogger(__name__)
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """torch.save to a temp file in the same dir, then rename: a kill never leaves half a file."""
-
-    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, path)
 
 
 class Interrupted(Exception):
