@@ -80,6 +80,7 @@ def table_lines(markdown: str) -> list[str]:
     return lines[2:]
 
 
+@pytest.mark.slow
 def test_report_on_a_real_2x2_sweep(sweep2x2):
     r = script("report.py", str(sweep2x2))
     assert r.returncode == 0, r.stderr[-3000:]
@@ -119,6 +120,7 @@ def lines(ax, suffix: str = "") -> dict:
     return {ln.get_label(): ln for ln in ax.get_lines() if ln.get_label().endswith(suffix)}
 
 
+@pytest.mark.slow
 def test_figures_are_titled_and_agree_with_the_table(sweep2x2):
     write_report([sweep2x2])
     report = json.loads((sweep2x2 / "report.json").read_text())
@@ -152,6 +154,7 @@ def test_figures_are_titled_and_agree_with_the_table(sweep2x2):
             assert list(mean.get_ydata()) == pytest.approx(expected)
 
 
+@pytest.mark.slow
 def test_a_peak_between_logged_steps_is_starred_at_the_tables_max(sweep2x2, tmp_path):
     # with trainer.log_every_n_steps > 1 the curve can miss the run's max (summary.json's, which
     # the table shows); here one job's summary is raised above its logged points to get that case
@@ -167,6 +170,7 @@ def test_a_peak_between_logged_steps_is_starred_at_the_tables_max(sweep2x2, tmp_
     assert star.get_color() == line.get_color() and star.get_xdata()[0] == line.get_xdata()[-1]
 
 
+@pytest.mark.slow
 def test_a_failed_job_is_listed_and_the_others_reported(failed_sweep):
     bad, good = job_dir(failed_sweep, "clip_val=-1"), job_dir(failed_sweep, "clip_val=1,")
     assert json.loads((bad / "summary.json").read_text())["status"] == "failed"
@@ -188,6 +192,7 @@ def test_a_failed_job_is_listed_and_the_others_reported(failed_sweep):
     assert_png(failed_sweep / "val_ppl.png")
 
 
+@pytest.mark.slow
 def test_a_job_without_summary_is_reported_missing(failed_sweep, tmp_path):
     copy = tmp_path / "killed"
     shutil.copytree(failed_sweep, copy)
@@ -199,6 +204,7 @@ def test_a_job_without_summary_is_reported_missing(failed_sweep, tmp_path):
     assert len(report["rows"]) == 1 and "no summary.json" in markdown
 
 
+@pytest.mark.slow
 def test_several_sweeps_failed_and_diverged_summaries_and_a_baseline(sweep2x2, failed_sweep,
                                                                      tmp_path):
     # run.py writes status "failed" + error when training itself crashes, and "diverged" when the

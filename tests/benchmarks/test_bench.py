@@ -2,7 +2,10 @@
 
 import json
 
+import pytest
 from conftest import run_script
+
+pytestmark = pytest.mark.slow  # the whole module runs training end to end
 
 
 def test_bench_quick_runs_and_writes_valid_json(tmp_path):

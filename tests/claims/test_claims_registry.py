@@ -83,6 +83,7 @@ def test_the_sweep_command_is_the_same_on_every_launch(tmp_path):
     assert "seed=1" in cmd and "--multirun" in cmd
 
 
+@pytest.mark.slow
 def test_variants_compose_with_train_and_the_budget_wins(tmp_path):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra

@@ -105,6 +105,7 @@ def test_typo_exits_2_in_one_line_before_torch_and_hydras_run_dir(tmp_path):
         assert not run_dir.exists()
 
 
+@pytest.mark.slow
 def test_a_refused_run_leaves_no_run_dir_and_a_good_one_a_quiet_console(corpus_file, tmp_path):
     tiny = [f"data.path={corpus_file}", "data.batch_size=4", "data.num_steps=8",
             "model.core.num_hiddens=16", "trainer.max_epochs=1", "torch_threads=1",
@@ -224,12 +225,14 @@ def test_lightnings_availability_lines_stay_off_the_console(message, shown):
     ("stats", ["data.token=chars"], "data.token='chars' is unknown"),
     ("generate", ["ckpt_path=x", "temperature=-1"], "temperature=-1 must be >= 0"),
 ])
+@pytest.mark.slow
 def test_a_bad_value_is_found_from_the_config_alone(config, args, message):
     assert message in (command_line_problem(CONF, config, args) or "")
     # in a multirun a bad value fails its own job (the others go on), as documented
     assert command_line_problem(CONF, config, ["--multirun", *args]) is None
 
 
+@pytest.mark.slow
 def test_a_bad_value_exits_2_with_one_line_no_run_dir_and_without_importing_torch(tmp_path):
     run_dir = tmp_path / "run"
     code = ("import sys; sys.argv = ['train.py', 'data.sampling=randm', "
@@ -249,6 +252,7 @@ def test_a_bad_value_exits_2_with_one_line_no_run_dir_and_without_importing_torc
     assert not run_dir.exists()
 
 
+@pytest.mark.slow
 def test_bf16_on_a_cpu_without_it_is_refused_before_torch(monkeypatch):
     from rnnlab.config import checks
 

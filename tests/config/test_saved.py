@@ -78,6 +78,7 @@ def test_an_old_checkpoint_generates_text(legacy):
         assert text.startswith("time traveller") and len(text) == len("time traveller") + 20
 
 
+@pytest.mark.slow
 def test_an_old_sweep_dir_gets_a_report(legacy):
     from rnnlab.analysis.report import write_report
 
@@ -91,6 +92,7 @@ def test_an_old_sweep_dir_gets_a_report(legacy):
     assert (legacy / "val_ppl.png") in written and "rnn_scratch" in markdown
 
 
+@pytest.mark.slow
 def test_an_old_sweep_relaunches_and_resumes_its_killed_job(legacy):
     """The same command again: the finished job is kept; a job marked killed resumes from its
     old last.ckpt and trains on to a larger budget only when asked, so here: one epoch more

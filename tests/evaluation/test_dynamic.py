@@ -75,6 +75,7 @@ def test_the_learning_rate_is_chosen_on_validation_and_test_scored_once():
     assert small < result["test/ppl_dyn"]  # test would have picked the other one
 
 
+@pytest.mark.slow
 def test_training_job_reports_dynamic_evaluation_and_its_mixture(cfg_factory):
     cfg = cfg_factory("model=gru", "trainer.max_epochs=2", "eval.dynamic=true",
                       "eval.lr=[0.01,0.1]", "eval.window=16", "+ngram_mix.order=3")

@@ -265,6 +265,7 @@ def summary_of(cfg) -> dict:
     return json.loads((Path(cfg.paths.output_dir) / "summary.json").read_text())
 
 
+@pytest.mark.slow
 def test_training_with_the_probe_ends_with_the_same_perplexity(cfg_factory, tmp_path):
     common = ["trainer.max_epochs=2", "bptt=randomized", "model.dropout=0.3",
               "callbacks.sample_text.every_n_epochs=0", "test=false"]
@@ -302,6 +303,7 @@ def test_bad_probe_settings_are_refused_with_the_key_and_the_fix(cfg_factory, ov
         train(cfg_factory(override))
 
 
+@pytest.mark.slow
 def test_bad_probe_setting_on_the_command_line_is_one_line_and_exit_2(corpus_file, tmp_path):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "scripts/train.py"), f"data.path={corpus_file}",

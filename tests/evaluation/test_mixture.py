@@ -90,6 +90,7 @@ def test_mixture_weight_is_chosen_on_validation():
         evaluate_mixture(tiny_model(), {"train": corpus["train"]}, vocab_size=5)
 
 
+@pytest.mark.slow
 def test_training_job_reports_the_mixture(cfg_factory):
     cfg = cfg_factory("model=gru", "trainer.max_epochs=2", "+ngram_mix.order=4")
     got = train(cfg)

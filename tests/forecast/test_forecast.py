@@ -99,6 +99,7 @@ def test_evaluate_reports_mse_per_k_with_held_out_and_clean_targets():
         evaluate(LagMLP(tau=4), dm, ks=(1, 200))
 
 
+@pytest.mark.slow
 def test_forecast_script_error_grows_with_k(tmp_path, compose_run):
     out = tmp_path / "run"
     cfg = compose_run("forecast", ["seed=3", "data.T=400", "data.n_train=240",

@@ -210,6 +210,7 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
     assert "avx512dq" in checks.bf16_problem({"sse2", "avx512bw", "avx512vl"})
 
 
+@pytest.mark.slow
 @needs_bf16
 def test_bf16_training_run_records_its_precision_and_learns(cfg_factory):
     import json
@@ -224,6 +225,7 @@ def test_bf16_training_run_records_its_precision_and_learns(cfg_factory):
     assert 1 < best < 0.7 * V and summary["test_ppl"] < 0.7 * V  # learned: below uniform
 
 
+@pytest.mark.slow
 def test_presets_pin_float32_and_the_plain_kernels_while_the_default_is_auto(cfg_factory):
     assert cfg_factory().trainer.precision == "auto"
     assert all(v == "auto" for v in cfg_factory().kernels.values())

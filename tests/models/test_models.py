@@ -136,6 +136,7 @@ def test_full_window_lets_gradients_reach_the_first_token():
     assert captured[0].grad[:, 0].abs().sum() > 0  # reaches time step 0 through 9 steps
 
 
+@pytest.mark.slow
 def test_randomized_truncation_is_unbiased_for_the_scratch_core():
     torch.manual_seed(0)
     core = ScratchRNN(3, 4, sigma=0.5)
@@ -236,6 +237,7 @@ def test_rnn_cpu_kernel_is_checked():
         TorchRNN("rnn", input_size=7, cpu_kernel="cuda")
 
 
+@pytest.mark.slow
 def test_compiled_scratch_core_matches_eager():
     """torch.compile (bench.py --compile) traces the hand-written recurrence; inductor takes over
     the products there, and values and gradients stay those of the eager core."""

@@ -18,6 +18,8 @@ import pytest
 from conftest import ROOT
 from test_resumable_sweeps import SAME
 
+pytestmark = pytest.mark.slow  # the whole module runs training end to end
+
 STEPS_PER_EPOCH = 112  # the tiny corpus at batch 4 x 6 steps
 TINY = ["data.batch_size=4", "data.num_steps=6", "model.core.num_hiddens=8",
         "trainer.max_epochs=2", "trainer.accelerator=cpu", "callbacks.sample_text.every_n_epochs=0",

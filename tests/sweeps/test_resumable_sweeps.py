@@ -139,6 +139,7 @@ def straight(tmp_path_factory) -> tuple[Path, Path]:
     ("hydra/launcher=basic", ["#1 :", "epoch 1/"]),   # job 0 done, job 1 under way
     ("hydra/launcher=parallel", ["epoch 1/"]),        # jobs 0 and 1 under way, job 2 not begun
 ])
+@pytest.mark.slow
 def test_killed_sweep_finishes_on_relaunch_as_if_never_killed(tmp_path, straight, launcher,
                                                               kill_after):
     corpus, reference = straight

@@ -50,6 +50,7 @@ def searched(tmp_path_factory):
     return corpus, root / "straight"
 
 
+@pytest.mark.slow
 def test_killed_search_finishes_with_the_same_trials_and_can_be_extended(tmp_path, searched):
     corpus, straight = searched
     cut = tmp_path / "cut"
@@ -63,6 +64,7 @@ def test_killed_search_finishes_with_the_same_trials_and_can_be_extended(tmp_pat
     assert json.loads((cut / "0_trial" / "summary.json").read_text()) == first
 
 
+@pytest.mark.slow
 def test_report_ranks_trials_and_writes_an_overlay_that_trains_the_best_again(tmp_path,
                                                                              searched):
     corpus, sweep = searched
@@ -136,6 +138,7 @@ def check(tmp_path, arguments, extra=()):
                                           r"setting: model.dropout=1.0 must be in \[0, 1\)"),
     ([], ["ablation=models"], r"hparams_search cannot be combined with ablation=models"),
 ])
+@pytest.mark.slow
 def test_bad_search_settings_name_the_parameter(tmp_path, arguments, extra, match):
     with pytest.raises(ConfigError, match=match):
         check(tmp_path, arguments, extra)

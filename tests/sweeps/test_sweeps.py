@@ -3,7 +3,10 @@
 import json
 from pathlib import Path
 
+import pytest
 from conftest import run_script
+
+pytestmark = pytest.mark.slow  # the whole module runs training end to end
 
 TINY = ["data.batch_size=2", "data.num_steps=5", "model.core.num_hiddens=8",
         "trainer.max_epochs=1", "trainer.accelerator=cpu", "callbacks.sample_text.every_n_epochs=0"]

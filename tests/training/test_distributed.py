@@ -40,6 +40,7 @@ def summary(run_dir: Path) -> dict:
 COMBOS = [(m, s) for m in ("rnn_scratch", "lstm") for s in ("sequential", "random")]
 
 
+@pytest.mark.slow
 def test_two_ranks_match_one_process(tmp_path, corpus_file):
     # the 4 runs under one 2-rank launch (ranks start once), then the same configs in one process
     runs = [f"{m}_{s}=" + ";".join([*SMALL, "trainer.max_epochs=2", "test=false", f"model={m}",
@@ -62,6 +63,7 @@ def test_two_ranks_match_one_process(tmp_path, corpus_file):
         assert texts[0] == texts[1], (m, s)
 
 
+@pytest.mark.slow
 def test_ddp_jobs_of_a_multirun_each_have_one_run_dir(tmp_path, corpus_file):
     sweep = tmp_path / "sweep"
     proc = cli("--multirun", f"data.path={corpus_file}", *SMALL, *DDP, "trainer.max_epochs=1",
@@ -78,6 +80,7 @@ def test_ddp_jobs_of_a_multirun_each_have_one_run_dir(tmp_path, corpus_file):
         assert [p.name for p in (job / "checkpoints").iterdir()].count("last.ckpt") == 1
 
 
+@pytest.mark.slow
 def test_sigterm_to_rank_0_stops_every_rank_and_the_run_resumes_exactly(tmp_path, corpus_file):
     common = [f"data.path={corpus_file}", *SMALL, "data.sampling=sequential", "test=false"]
     run_dir = tmp_path / "cut"
@@ -150,6 +153,7 @@ def test_ddp_with_one_device_warns_and_runs_one_process(cfg_factory, caplog):
     assert "trainer=ddp with trainer.devices=1" in caplog.text
 
 
+@pytest.mark.slow
 def test_gpu_requested_without_a_gpu_is_one_line_and_exit_2(corpus_file, tmp_path):
     hide = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # no GPU, on any machine
     for extra in (["trainer=gpu"], ["trainer=ddp", "trainer.accelerator=gpu"]):
@@ -161,6 +165,7 @@ def test_gpu_requested_without_a_gpu_is_one_line_and_exit_2(corpus_file, tmp_pat
         assert "trainer=cpu" in errors[0]
 
 
+@pytest.mark.slow
 def test_packed_sweep_puts_job_i_on_gpu_i_mod_n(cfg_factory, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)

@@ -35,6 +35,7 @@ def summary(cfg) -> dict:
     ("ckpt_path=/no/such.ckpt", "ckpt_path=/no/such.ckpt does not exist"),
     ("bptt=full", None),  # full with random sampling is refused below
 ])
+@pytest.mark.slow
 def test_bad_settings_are_refused_with_the_value_and_the_fix(cfg_factory, override, match):
     if override == "bptt=full":
         override, match = "data.sampling=random", "needs data.sampling=sequential"
@@ -46,6 +47,7 @@ def test_bad_settings_are_refused_with_the_value_and_the_fix(cfg_factory, overri
     assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()  # no half run
 
 
+@pytest.mark.slow
 def test_cli_error_is_one_line_and_exit_code_2(corpus_file, tmp_path):
     proc = run_script("scripts/train.py", f"data.path={corpus_file}", "data.sampling=shuffled",
                       f"hydra.run.dir={tmp_path / 'cli'}", timeout=120)
@@ -65,6 +67,7 @@ def test_errors_raised_inside_constructors_are_one_line_too(corpus_file, tmp_pat
                       "['rnn', 'gru', 'lstm']"]
 
 
+@pytest.mark.slow
 def test_divergence_with_clipping_on_is_reported_not_crashed(cfg_factory):
     cfg = cfg_factory("model.optimizer.lr=1e4", "trainer.gradient_clip_val=1000000",
                       "model.core.num_hiddens=64", "trainer.max_epochs=3", "test=false")
@@ -78,6 +81,7 @@ def test_full_bptt_memory_estimate_refuses_what_would_not_fit(cfg_factory):
         train(cfg)
 
 
+@pytest.mark.slow
 def test_divergence_stops_at_once_and_keeps_the_best_checkpoint(cfg_factory):
     cfg = cfg_factory("model.optimizer.lr=10", "trainer.gradient_clip_val=null",
                       "trainer.max_epochs=5", "model.core.num_hiddens=64",
@@ -91,6 +95,7 @@ def test_divergence_stops_at_once_and_keeps_the_best_checkpoint(cfg_factory):
     assert torch.load(best, weights_only=False)["global_step"] < s["diverged_at_step"] + 1
 
 
+@pytest.mark.slow
 def test_corrupt_and_incompatible_checkpoints_are_refused(cfg_factory, tmp_path):
     cfg = cfg_factory("test=false")
     train(cfg)
@@ -111,6 +116,7 @@ def test_corrupt_and_incompatible_checkpoints_are_refused(cfg_factory, tmp_path)
         train(cfg_factory(f"ckpt_path={last}", path=other_text))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sampling, bptt", [("random", "randomized"), ("sequential", "regular")])
 def test_interrupted_run_resumes_to_the_same_result(tmp_path, corpus_file, sampling, bptt):
     common = [f"data.sampling={sampling}", f"bptt={bptt}", "trainer.max_epochs=3", "test=false",
@@ -136,6 +142,7 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, corpus_file, sampl
         assert summary(resumed)[key] == pytest.approx(straight_summary[key], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_sigterm_from_outside_saves_last_checkpoint_and_summary(corpus_file, tmp_path):
     run_dir = tmp_path / "sig"
     proc = subprocess.Popen(

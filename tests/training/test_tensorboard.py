@@ -70,6 +70,7 @@ def board(tmp_path_factory):
         server.wait(timeout=10)
 
 
+@pytest.mark.slow
 def test_perplexity_is_the_first_tag_group_and_epoch_is_gone(board):
     runs = board("data/plugin/scalars/tags")
     assert len(runs) == 2

@@ -11,6 +11,8 @@ from conftest import make_cfg
 from rnnlab.models.generate import generate, load_checkpoint
 from rnnlab.training.run import train
 
+pytestmark = pytest.mark.slow  # the whole module runs training end to end
+
 COMBOS = [(m, s, b) for m in ("rnn_scratch", "rnn", "gru", "lstm")
           for s in ("random", "sequential") for b in ("regular", "randomized", "full")
           if not (b == "full" and s == "random")]
