@@ -16,7 +16,6 @@ from rnnlab.analysis.jobs import ReportError, find_jobs, load_job, varied_keys
 from rnnlab.analysis.report import aggregate, write_report
 
 torch.set_num_threads(1)
-ROOT = Path(__file__).resolve().parents[2]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TEXT = ("The Time Traveller (for so it will be convenient to speak of him) was expounding a "
         "recondite matter to us. His grey eyes shone and twinkled, and his usually pale face was "

@@ -1,10 +1,9 @@
 """The README's claims table is generated from docs/claims.md and must say the same."""
 
-from pathlib import Path
+
+from conftest import ROOT
 
 from rnnlab.claims.page import README_BEGIN, README_END, readme_table, update_readme
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_readme_table_matches_docs_claims():

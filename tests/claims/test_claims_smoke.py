@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
 pytestmark = pytest.mark.slow  # the whole module runs training end to end
 
-ROOT = Path(__file__).resolve().parents[2]
 BOOK = Path(os.environ.get("DATA_DIR", ROOT / "outputs" / "data")) / "timemachine.txt"
 VERDICTS = {"supported", "contradicted", "inconclusive"}
 

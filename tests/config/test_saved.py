@@ -11,12 +11,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import run_script
+from conftest import ROOT, run_script
 from hydra._internal.utils import _locate
 
 from rnnlab.config.saved import MOVED, flatten, upgrade_targets
 
-ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "tests" / "fixtures" / "legacy_sweep"
 WHERE = "/work/before/legacy/sweep"  # the paths the fixture was written with
 CORPUS = "/work/before/tiny.txt"

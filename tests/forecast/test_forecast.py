@@ -2,7 +2,6 @@
 
 import json
 from functools import partial
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +11,6 @@ from rnnlab.forecast.task import forecast
 from rnnlab.models.cores import ScratchRNN, TorchRNN
 
 torch.set_num_threads(1)
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_series_is_seeded_and_lag_features_line_up():

@@ -2,7 +2,6 @@
 
 import json
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +12,6 @@ from rnnlab.analysis.corpus_stats import corpus_stats
 from rnnlab.models.ngram import AddKLM, NGramCounts, perplexity_table, zipf_fit
 
 torch.set_num_threads(1)
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(params=["dense", "sparse"])
