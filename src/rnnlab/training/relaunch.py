@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 # resources, resume machinery and file names, not the experiment: they may change between
 # launches (the best checkpoint's name format changed once; an old sweep still resumes)
 IGNORED = ("retry_failed", "ckpt_path", "torch_threads", "paths", "data.data_dir",
-           "callbacks.checkpoint.filename")
+           "callbacks.checkpoint.filename", "kernels.cache_dir", "kernels.retime")
 # what a resumed fit may not produce again (it had nothing left to train): kept from before
 CARRIED = ("final_val_ppl", "train_ppl", "tokens_per_s")
 

@@ -36,6 +36,7 @@ from rnnlab.evaluation.dynamic import evaluate_dynamic
 from rnnlab.evaluation.mixture import evaluate_mixture
 from rnnlab.kernels import choice as kernels
 from rnnlab.training.checkpoints import AtomicCheckpointIO
+from rnnlab.training.choices import KeepChoices, RunChoices
 from rnnlab.training.distributed import (
     agree_on_signal,
     check_distributed,
@@ -177,12 +178,13 @@ def train(cfg: DictConfig) -> float:
     previous = path.read_text() if cfg.get("ckpt_path") and path.is_file() else None
     if rank0:
         write_summary(out_dir, summary)
-    started = time.time()
+    started, choices = time.time(), None
     try:
         train_config(cfg)  # already checked before torch by the command line; not by a caller
         check_distributed(cfg)  # devices, world size (Lightning)
         pack_gpu(cfg)
-        stopper = _fit_and_test(cfg, out_dir, summary, rank0)
+        choices = RunChoices.recorded_for(cfg, out_dir, relaunched=earlier is not None)
+        stopper = _fit_and_test(cfg, out_dir, summary, rank0, choices)
         carry_over(summary, earlier if cfg.get("ckpt_path") else None)
     except (KeyboardInterrupt, SystemExit) as e:  # stopped (a second Ctrl-C, a requeue): not failed
         summary.update(status="interrupted", error=f"{type(e).__name__}: {e}")
@@ -194,7 +196,11 @@ def train(cfg: DictConfig) -> float:
         raise
     finally:
         summary["wall_time_s"] = round(time.time() - started, 2)
-        summary["kernels"] = kernels.made()  # the timed CPU kernel choices this run used
+        summary["kernels"] = kernels.made()  # the CPU kernel choices this run used
+        if choices is not None and choices.precision is not None:
+            summary["choices_from"] = choices.source  # None: decided (or cached) here
+            if rank0:  # what a relaunch of this job that starts over uses again
+                choices.write(out_dir)
         if rank0 and previous is not None and summary["status"] == "failed":
             path.write_text(previous)
         elif rank0:
@@ -225,18 +231,20 @@ def _run_dir(cfg: DictConfig) -> Path:
     return out_dir
 
 
-def _fit_and_test(cfg: DictConfig, out_dir: Path, summary: dict, rank0: bool = True
-                  ) -> StopOnSignal:
-    # auto: bf16-mixed on a CPU with bf16 matrix units; the config keeps "auto" (a relaunched
-    # sweep compares configs), summary.json says what it became here
-    precision = summary["precision"] = kernels.resolve_precision(
-        cfg.trainer.get("precision", "32-true"), cfg.trainer.get("accelerator", "auto"))
-    torch.set_num_threads(torch_threads(cfg))
+def _fit_and_test(cfg: DictConfig, out_dir: Path, summary: dict, rank0: bool = True,
+                  choices: RunChoices | None = None) -> StopOnSignal:
+    choices = choices or RunChoices()
+    # auto: bf16-mixed on a CPU with bf16 matrix units, or what the run recorded; the config
+    # keeps "auto" (a relaunched sweep compares configs), choices.json and summary.json say
+    # what it became
+    precision = summary["precision"] = choices.resolve_precision(cfg.trainer)
+    torch.set_num_threads(choices.threads(cfg, torch_threads(cfg)))
     if is_ddp(cfg.trainer) or devices_per_node(cfg.trainer) > 1:  # else Lightning's DDP
         # launcher sets cores // processes threads, whatever torch_threads said
         os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
     summary["torch_threads"] = torch.get_num_threads()
     kernels.configure(**cfg.get("kernels", {}))
+    choices.apply()
     keep_freed_memory()
     pl.seed_everything(cfg.seed, workers=True)
     dm = build(cfg.data)
@@ -253,7 +261,8 @@ def _fit_and_test(cfg: DictConfig, out_dir: Path, summary: dict, rank0: bool = T
     ckpt_dir = out_dir / "checkpoints"
     stopper, monitor = StopOnSignal(ckpt_dir), TrainingMonitor()
     # the monitor first: its statistics take in the step the stopper then checkpoints
-    callbacks = [build(c) for c in (cfg.get("callbacks") or {}).values()] + [monitor, stopper]
+    callbacks = [build(c) for c in (cfg.get("callbacks") or {}).values()] + [
+        monitor, KeepChoices(choices, out_dir, rank0), stopper]
     interactive = sys.stdout.isatty()
     callbacks += [RichProgressBar()] if interactive else []
     loggers = [build(c) for c in (cfg.get("logger") or {}).values()]
