@@ -30,6 +30,8 @@ def summary(cfg) -> dict:
     ("data.batch_size=-2", "data.batch_size=-2"),
     ("model.core.num_hiddens=0", "model.core.num_hiddens=0"),
     ("trainer.gradient_clip_val=-1", "trainer.gradient_clip_val=-1"),
+    ("+trainer.accumulate_grad_batches=2", "trainer.accumulate_grad_batches=2 is not supported "
+     r"\(train/ppl would be wrong\): use 1"),
     ("data.num_steps=5000", "fewer than one minibatch"),
     ("data.min_freq=100000", "only <unk>"),
     ("ckpt_path=/no/such.ckpt", "ckpt_path=/no/such.ckpt does not exist"),

@@ -308,8 +308,9 @@ def _fit_and_test(cfg: DictConfig, out_dir: Path, summary: dict, rank0: bool = T
         if cfg.get("ngram_mix"):  # the tested (best) weights, mixed with a Kneser-Ney n-gram
             extra.update(evaluate_mixture(model, dm.corpus, len(dm.vocab), **cfg.ngram_mix,
                                           dynamic=dynamic))
-        for lg in loggers if extra else []:
-            lg.log_metrics(extra, step=trainer.global_step)
+        for lg in loggers if extra else []:  # not the settings of a grid with no finite one
+            lg.log_metrics({k: v for k, v in extra.items() if isinstance(v, (int, float))},
+                           step=trainer.global_step)
         record(**{key.replace("/ppl_", "_ppl_"): value for key, value in extra.items()})
     for lg in loggers:
         if isinstance(lg, RunLogger):  # the HParams tab's row for this run
