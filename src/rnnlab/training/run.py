@@ -49,7 +49,13 @@ from rnnlab.training.distributed import (
 from rnnlab.training.monitor import TrainingMonitor
 from rnnlab.training.preflight import check_full_bptt_memory, check_resume_checkpoint
 from rnnlab.training.probe_callback import GradientsThroughTime
-from rnnlab.training.relaunch import carry_over, objective, previous_run, read_summary
+from rnnlab.training.relaunch import (
+    carry_over,
+    hold_job,
+    objective,
+    previous_run,
+    read_summary,
+)
 from rnnlab.training.tblogger import RunLogger
 
 log = logging.getLogger(__name__)
@@ -165,11 +171,21 @@ def train(cfg: DictConfig) -> float:
     """Fit and test one model; returns the best val/ppl (inf when there is none), or with
     `eval.dynamic` and/or `ngram_mix` set, the val/ppl of the strongest of those evaluations."""
     out_dir = _run_dir(cfg)
+    rank0 = env_rank(cfg.trainer) == 0  # under DDP only rank 0 writes summary.json/config.yaml
+    # held while this job runs: a second launch of the sweep leaves the job alone
+    lock = hold_job(out_dir) if rank0 else None
+    try:
+        return _train(cfg, out_dir, rank0)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _train(cfg: DictConfig, out_dir: Path, rank0: bool) -> float:
     # a sweep launched again (or a requeued cluster job) finds its earlier launch's job here
     earlier = read_summary(out_dir) if is_multirun() and not cfg.get("ckpt_path") else None
     if earlier is not None and (done := previous_run(cfg, out_dir, earlier)) is not None:
         return done
-    rank0 = env_rank(cfg.trainer) == 0  # under DDP only rank 0 writes summary.json/config.yaml
     summary: dict = {"status": "running", "overrides": job_overrides(), "run_dir": str(out_dir),
                      "model": cfg.model.core.get("kind", "rnn_scratch"), "bptt": cfg.bptt.mode,
                      "sampling": cfg.data.sampling, "seed": cfg.seed, "diverged": False}
