@@ -141,3 +141,24 @@ def test_a_resume_uses_the_choices_its_checkpoint_recorded(tmp_path, corpus_file
     assert s["status"] == "finished" and s["choices_from"] == f"checkpoint {last}"
     assert {k: s["kernels"][k] for k in flipped} == flipped
     assert MachineCache(cache).read()[tanh_labels[0]] == made[tanh_labels[0]]  # untouched
+
+
+def test_under_ddp_the_other_ranks_use_rank_0s_choices(tmp_path):
+    from types import SimpleNamespace
+
+    from rnnlab.training.choices import KeepChoices
+
+    rank0_made = {label("3x7"): "sigmoid"}  # what rank 0 decided; this rank's cache says tanh
+    MachineCache(tmp_path)._write({label("3x7"): "tanh"})
+    kernels.configure(cache_dir=str(tmp_path))
+    sent = []
+    strategy = SimpleNamespace(broadcast=lambda obj, src: sent.append(obj) or rank0_made)
+    rank1 = SimpleNamespace(world_size=2, global_rank=1, strategy=strategy)
+    keeper = KeepChoices(RunChoices(), tmp_path, rank0=False)
+    keeper.on_train_start(rank1, None)
+    assert kernels.tanh_via_sigmoid(torch.randn(3, 7))  # rank 0's, not this machine's
+    assert sent and kernels.made() == rank0_made
+    alone = SimpleNamespace(world_size=1, global_rank=0, strategy=strategy)
+    kernels.configure(cache_dir=str(tmp_path))
+    KeepChoices(RunChoices(), tmp_path, rank0=True).on_train_start(alone, None)
+    assert len(sent) == 1 and not kernels.tanh_via_sigmoid(torch.randn(3, 7))  # no broadcast
