@@ -333,6 +333,7 @@ def test_report_draws_every_jobs_g_of_k_and_adds_the_columns(tmp_path):
     assert "| -0.693 |" in first and "| 9 |" in first and "| 65 |" in second
 
 
+@pytest.mark.slow  # a training run
 def test_full_bptt_reports_nothing_beyond_a_window(cfg_factory):
     from rnnlab.training.run import train
 

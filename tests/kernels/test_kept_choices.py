@@ -113,6 +113,7 @@ def test_recorded_precision_is_kept_or_refused_in_one_line(monkeypatch, caplog):
     assert "recorded in bf16-mixed" in caplog.text and "goes on in 32-true" in caplog.text
 
 
+@pytest.mark.slow  # a training run
 def test_a_resume_uses_the_choices_its_checkpoint_recorded(tmp_path, corpus_file):
     cache = tmp_path / "kernels"
     common = ["trainer.max_epochs=2", "test=false", "~callbacks.gradients",

@@ -164,6 +164,7 @@ def test_the_largest_norm_between_logging_steps_is_logged():
                    ("train/grad_norm", 0.75), ("train/grad_norm_max", 0.75)]
 
 
+@pytest.mark.slow  # a training run
 def test_tokens_per_s_is_over_the_loops_wall_time_data_loading_included(cfg_factory,
                                                                          monkeypatch):
     import json

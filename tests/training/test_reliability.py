@@ -237,6 +237,7 @@ def test_a_moved_run_dir_finds_its_best_checkpoint_and_keeps_its_score(tmp_path)
     assert same.best_model_path == saved.best_model_path
 
 
+@pytest.mark.slow  # a training run
 def test_a_job_dir_another_live_process_trains_is_refused_until_it_ends(cfg_factory):
     from rnnlab.training.relaunch import JobBusy
 
