@@ -11,11 +11,10 @@
     kernels.made()      # {"matmul 32x512x512 float32 1 thread": "torch", ...}, also logged
     kernels.resolve_precision("auto", "cpu")  # "bf16-mixed" on a CPU with AMX or AVX512-BF16
 
-Which kernel is faster differs by CPU: torch's tanh costs 3.5 ns per element on an AMD EPYC and
-0.59 ns on an Intel Xeon with AVX-512 (sigmoid 0.5 and 0.81), and oneDNN's products beat MKL's
-addmm by 10-20% on the AMD but lose on the Intel (docs/performance.md). So each choice is timed
-the first time a shape needs it (a few ms, interleaved rounds, median), cached per shape and
-thread count for the life of the process, and logged. The plain torch path is always a candidate
+Which kernel is faster differs by CPU: tanh against sigmoid, and oneDNN's products against
+MKL's addmm, win on one CPU and lose on another (docs/performance.md has the figures). So each
+choice is timed the first time a shape needs it (interleaved rounds, median), cached per shape,
+dtype and thread count, and logged. The plain torch path is always a candidate
 and wins ties: another candidate must be at least 3% faster, more than the noise of a
 measurement this short. Off the CPU and under torch.compile the plain path is used untimed.
 
