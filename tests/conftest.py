@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,8 @@ from omegaconf import open_dict
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 torch.set_num_threads(1)
+# one machine cache of kernel decisions for the session's in-process runs, not the project's
+KERNEL_CACHE = Path(tempfile.mkdtemp(prefix="rnnlab-kernels-"))
 
 TEXT = (
     "The Time Traveller (for so it will be convenient to speak of him) was expounding a "
@@ -49,6 +52,7 @@ def make_cfg(tmp_path: Path, corpus: Path, overrides: list[str] = ()):
             f"data.path={corpus}", "data.batch_size=4", "data.num_steps=8",
             "model.core.num_hiddens=16", "trainer.max_epochs=1", "trainer.accelerator=cpu",
             "trainer.log_every_n_steps=1", "callbacks.sample_text.every_n_epochs=1",
+            f"kernels.cache_dir={KERNEL_CACHE}",
             f"hydra.run.dir={tmp_path / 'run'}", *overrides])
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(tmp_path / "run")

@@ -1,6 +1,8 @@
 """Dynamic evaluation: causal, leaves the trained model alone, deterministic, and it helps."""
 
 import json
+import logging
+import re
 from functools import partial
 from pathlib import Path
 
@@ -52,6 +54,40 @@ def test_trained_weights_stay_and_results_are_deterministic():
 
 
 @pytest.mark.parametrize("core", CORES)
+@pytest.mark.parametrize("normalize", [False, True])
+def test_learning_rate_zero_scores_as_the_static_model_and_decay_one_keeps_its_weights(
+        core, normalize):
+    model = model_of(core)
+    ids = torch.randint(0, V, (90,), generator=torch.Generator().manual_seed(4))
+    static = stream_log_probs(model, ids)
+    frozen = dynamic_log_probs(model, ids, lr=0.0, window=16, normalize=normalize)
+    assert frozen.shape == static.shape
+    torch.testing.assert_close(frozen, static, rtol=1e-5, atol=1e-6)
+    # a large step, then pulled all the way back before the next window: the trained weights
+    # score every window, as with lr 0
+    pulled_back = dynamic_log_probs(model, ids, lr=0.5, decay=1.0, window=16,
+                                    normalize=normalize)
+    assert torch.equal(pulled_back, frozen)
+    moved = dynamic_log_probs(model, ids, lr=0.5, decay=0.0, window=16, normalize=normalize)
+    assert not torch.allclose(moved[16:], frozen[16:])  # the step itself does change scores
+
+
+def test_a_setting_whose_val_ppl_is_not_finite_never_wins():
+    model = model_of(CORES[0])
+    gen = torch.Generator().manual_seed(5)
+    corpus = {"val": torch.randint(0, V, (120,), generator=gen),
+              "test": torch.randint(0, V, (120,), generator=gen)}
+    # SGD at lr 1e30 overflows to NaN/inf weights after the first window
+    assert not torch.isfinite(torch.tensor(token_ppl(
+        dynamic_log_probs(model, corpus["val"], 1e30, 0.0, 20, False), corpus["val"])))
+    result, log_probs = evaluate_dynamic(model, corpus, lr=[1e30, 1e-3], window=20,
+                                         normalize=False)
+    assert result["dyn_lr"] == 1e-3 and torch.isfinite(torch.tensor(result["val/ppl_dyn"]))
+    none, nothing = evaluate_dynamic(model, corpus, lr=[1e30], window=20, normalize=False)
+    assert nothing is None and none["dyn_lr"] is None and "test/ppl_dyn" not in none
+
+
+@pytest.mark.parametrize("core", CORES)
 @pytest.mark.parametrize("normalize, lr", [(False, 1.0), (True, 0.03)])
 def test_on_a_repeated_text_dynamic_evaluation_beats_static(core, normalize, lr):
     model = model_of(core)
@@ -76,7 +112,8 @@ def test_the_learning_rate_is_chosen_on_validation_and_test_scored_once():
 
 
 @pytest.mark.slow
-def test_training_job_reports_dynamic_evaluation_and_its_mixture(cfg_factory):
+def test_training_job_reports_dynamic_evaluation_and_its_mixture(cfg_factory, caplog):
+    caplog.set_level(logging.INFO, logger="rnnlab.evaluation.dynamic")
     cfg = cfg_factory("model=gru", "trainer.max_epochs=2", "eval.dynamic=true",
                       "eval.lr=[0.01,0.1]", "eval.window=16", "+ngram_mix.order=3")
     got = train(cfg)
@@ -84,7 +121,13 @@ def test_training_job_reports_dynamic_evaluation_and_its_mixture(cfg_factory):
     for key in ("val_ppl_dyn", "test_ppl_dyn", "val_ppl_dyn_mix", "test_ppl_dyn_mix",
                 "val_ppl_mix", "dyn_mix_weight"):
         assert s[key] is not None, key
-    assert s["dyn_lr"] in (0.01, 0.1) and got == s["val_ppl_dyn_mix"]
+    assert got == s["val_ppl_dyn_mix"]
+    # the chosen rate is the one with the lowest val/ppl_dyn of those the log says were tried
+    tried = {float(lr): float(ppl) for lr, ppl in re.findall(
+        r"dynamic evaluation lr=(\S+) decay=\S+ window=\d+: val/ppl_dyn (\S+)",
+        caplog.text)}
+    assert set(tried) == {0.01, 0.1} and s["dyn_lr"] == min(tried, key=tried.get)
+    assert s["val_ppl_dyn"] == pytest.approx(min(tried.values()), rel=1e-4)
     assert s["val_ppl_dyn_mix"] <= min(s["val_ppl_dyn"], s["val_ppl_ngram"]) + 1e-12
 
 

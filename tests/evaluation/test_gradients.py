@@ -333,3 +333,14 @@ def test_report_draws_every_jobs_g_of_k_and_adds_the_columns(tmp_path):
     header, _, first, second = lines[header : header + 4]
     assert "reach (steps)" in header and "g(k) decay / step" in header
     assert "| -0.693 |" in first and "| 9 |" in first and "| 65 |" in second
+
+
+@pytest.mark.slow  # a training run
+def test_full_bptt_reports_nothing_beyond_a_window(cfg_factory):
+    from rnnlab.training.run import train
+
+    cfg = cfg_factory("bptt=full", "test=false", "callbacks.sample_text.every_n_epochs=0")
+    train(cfg)
+    s = json.loads((Path(cfg.paths.output_dir) / "summary.json").read_text())
+    assert s["grad_window"] is None and s["grad_beyond_window"] == 0.0
+    assert s["grad_reach"] > 0  # the rest of the probe still measured

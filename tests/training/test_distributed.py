@@ -19,8 +19,9 @@ from rnnlab.text.datamodule import PlanSampler
 from rnnlab.training import distributed
 from rnnlab.training.run import train
 
-# kernels chosen by timing may differ between processes (and so between ranks): pinned, as the
-# presets pin them, so that the numbers can be compared to the digit
+# DDP against one process: kernels and precision pinned, as the presets pin them, so that the
+# comparison does not hang on this CPU's bf16 units (the ranks share rank 0's kernel choices
+# whatever is pinned: training.choices)
 PINNED = ["trainer.precision=32-true", "kernels.tanh=tanh", "kernels.matmul=torch",
           "kernels.linear=torch", "kernels.recurrence_dtype=float32"]
 SMALL = ["data.batch_size=4", "data.num_steps=8", "model.core.num_hiddens=16",

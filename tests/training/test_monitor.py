@@ -162,3 +162,25 @@ def test_the_largest_norm_between_logging_steps_is_logged():
     got = [(k, round(v, 4)) for k, v in logged if k.startswith("train/grad_norm")]
     assert got == [("train/grad_norm", 2.0), ("train/grad_norm_max", 5.0),
                    ("train/grad_norm", 0.75), ("train/grad_norm_max", 0.75)]
+
+
+@pytest.mark.slow  # a training run
+def test_tokens_per_s_is_over_the_loops_wall_time_data_loading_included(cfg_factory,
+                                                                         monkeypatch):
+    import json
+    import time
+    from pathlib import Path
+
+    from rnnlab.text.datamodule import WindowDataset
+    from rnnlab.training.run import train
+
+    pause = 0.02  # each batch's loading; a tiny model's step takes far less
+    fetch = WindowDataset.__getitem__
+    monkeypatch.setattr(WindowDataset, "__getitem__",
+                        lambda self, w: time.sleep(pause) or fetch(self, w))
+    cfg = cfg_factory("test=false", "~callbacks.gradients",
+                      "callbacks.sample_text.every_n_epochs=0")
+    train(cfg)
+    s = json.loads((Path(cfg.paths.output_dir) / "summary.json").read_text())
+    tokens_per_batch = cfg.data.batch_size * cfg.data.num_steps
+    assert 0 < s["tokens_per_s"] <= tokens_per_batch / pause

@@ -30,6 +30,8 @@ def summary(cfg) -> dict:
     ("data.batch_size=-2", "data.batch_size=-2"),
     ("model.core.num_hiddens=0", "model.core.num_hiddens=0"),
     ("trainer.gradient_clip_val=-1", "trainer.gradient_clip_val=-1"),
+    ("+trainer.accumulate_grad_batches=2", "trainer.accumulate_grad_batches=2 is not supported "
+     r"\(train/ppl would be wrong\): use 1"),
     ("data.num_steps=5000", "fewer than one minibatch"),
     ("data.min_freq=100000", "only <unk>"),
     ("ckpt_path=/no/such.ckpt", "ckpt_path=/no/such.ckpt does not exist"),
@@ -240,3 +242,27 @@ def test_a_moved_run_dir_finds_its_best_checkpoint_and_keeps_its_score(tmp_path)
     same = MovableCheckpoint(dirpath=old, monitor="val/ppl")
     same.load_state_dict(saved.state_dict())
     assert same.best_model_path == saved.best_model_path
+
+
+@pytest.mark.slow  # a training run
+def test_a_job_dir_another_live_process_trains_is_refused_until_it_ends(cfg_factory):
+    from rnnlab.training.relaunch import JobBusy
+
+    cfg = cfg_factory("test=false", "~callbacks.gradients")
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True)
+    holder = subprocess.Popen(  # a live launch of the same job, holding its lock
+        [sys.executable, "-c", "import fcntl, os, sys, time\n"
+         f"f = open({str(run_dir / '.job.lock')!r}, 'a+')\n"
+         "fcntl.flock(f, fcntl.LOCK_EX); f.write(f'process {os.getpid()}'); f.flush()\n"
+         "print('held', flush=True); time.sleep(120)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(JobBusy, match=f"being trained by process {holder.pid} "):
+            train(cfg)
+        assert not (run_dir / "summary.json").exists()  # the other process's files untouched
+    finally:
+        holder.kill()
+        holder.wait()
+    train(cfg)  # the holder is gone (killed): its lock went with it
+    assert summary(cfg)["status"] == "finished"

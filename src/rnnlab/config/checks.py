@@ -190,6 +190,11 @@ def train_config(cfg) -> None:
     if clip is not None and (not _number(clip) or clip < 0):
         raise ConfigError(f"trainer.gradient_clip_val={clip!r} must be >= 0, or null for no "
                           f"clipping")
+    accumulate = trainer.get("accumulate_grad_batches", 1)
+    if accumulate != 1:  # the monitor's train/ppl and tokens are per optimizer step of 1 batch
+        raise ConfigError(f"trainer.accumulate_grad_batches={accumulate!r} is not supported "
+                          f"(train/ppl would be wrong): use 1, and a larger data.batch_size "
+                          f"for a larger batch")
     precision(trainer.get("precision", "32-true"), trainer.get("accelerator"))
     language_model(model.get("dropout", 0.0), cfg.bptt.get("keep_prob", 1.0),
                    model.get("embedding_dim"))

@@ -8,7 +8,10 @@ windows scored so far (`normalize=True`, like Krause et al.'s RMS rule, but from
 text's own past gradients rather than training data's): an Adam-trained LSTM's parameters get
 gradients of very different scales, and one SGD rate cannot suit them all. The trained model is
 never modified, and val and test each start from the trained weights. Its learning rate and decay
-are chosen on val (a small grid); test is scored once with the chosen pair.
+are chosen on val (a small grid; a setting whose val/ppl is not finite never wins); test is scored
+once with the chosen pair. Where Krause et al. differ: they decay each parameter at a rate scaled
+by its RMS and take that RMS from the training data's gradients; here one decay holds for all
+parameters and the RMS comes from the evaluated text (docs/configuration.md).
 
     result, log_probs = evaluate_dynamic(model, corpus, lr=[1e-3, 3e-3], decay=[0.0], window=64)
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 import copy
 import itertools
 import logging
+import math
 from collections.abc import Sequence
 
 import torch
@@ -68,10 +72,11 @@ def dynamic_log_probs(model: torch.nn.Module, ids: torch.Tensor, lr: float, deca
 def evaluate_dynamic(model: torch.nn.Module, corpus: dict[str, torch.Tensor],
                      lr: float | Sequence[float] = 1e-3, decay: float | Sequence[float] = 0.0,
                      window: int = 64, normalize: bool = True
-                     ) -> tuple[dict, dict[str, torch.Tensor]]:
+                     ) -> tuple[dict, dict[str, torch.Tensor] | None]:
     """Choose (lr, decay) from the grid on corpus["val"], then score corpus["test"] once.
     Returns the numbers (val/ppl_dyn, test/ppl_dyn, dyn_lr, dyn_decay) and the chosen
-    setting's log-probabilities per split (for the n-gram mixture)."""
+    setting's log-probabilities per split (for the n-gram mixture); None instead of them, and
+    val/ppl_dyn NaN (null in summary.json), when no setting gives a finite val/ppl."""
     lrs = [lr] if isinstance(lr, (int, float)) else list(lr)
     decays = [decay] if isinstance(decay, (int, float)) else list(decay)
     val = corpus["val"]
@@ -81,7 +86,13 @@ def evaluate_dynamic(model: torch.nn.Module, corpus: dict[str, torch.Tensor],
         tried[(a, d)] = (token_ppl(lp, val), lp)
         log.info("dynamic evaluation lr=%g decay=%g window=%d: val/ppl_dyn %.4f", a, d, window,
                  tried[(a, d)][0])
-    (a, d), (val_ppl, val_lp) = min(tried.items(), key=lambda kv: kv[1][0])
+    finite = {k: v for k, v in tried.items() if math.isfinite(v[0])}
+    if not finite:  # every setting diverged: no number, and nothing for the mixture
+        log.warning("dynamic evaluation: no setting of lr=%s decay=%s gives a finite val/ppl; "
+                    "try smaller learning rates", lrs, decays)
+        return {"val/ppl_dyn": math.nan, "dyn_lr": None, "dyn_decay": None,
+                "dyn_window": window}, None
+    (a, d), (val_ppl, val_lp) = min(finite.items(), key=lambda kv: kv[1][0])
     result = {"val/ppl_dyn": val_ppl, "dyn_lr": a, "dyn_decay": d, "dyn_window": window}
     log_probs = {"val": val_lp}
     if len(corpus.get("test", ())) > 1:

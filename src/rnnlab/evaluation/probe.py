@@ -158,10 +158,13 @@ def _weight_grad(net: Net, X: torch.Tensor, Y: torch.Tensor, window: int) -> tor
                       for g, p in zip(grads, params)])
 
 
-def beyond_window(net: Net, X: torch.Tensor, Y: torch.Tensor, num_steps: int) -> float:
+def beyond_window(net: Net, X: torch.Tensor, Y: torch.Tensor, num_steps: int | None) -> float:
     """||G_full - G_window|| / ||G_full||: the share of the full-BPTT weight gradient of the
     probe's loss that crosses a window boundary every `num_steps` steps, i.e. what truncated
-    BPTT throws away (regular windows; randomized windows of mean `num_steps` in expectation)."""
+    BPTT throws away (regular windows; randomized windows of mean `num_steps` in expectation).
+    None (bptt=full: no window) drops nothing: 0, not a number for some other window."""
+    if num_steps is None or num_steps >= X.shape[1]:
+        return 0.0
     full = _weight_grad(net, X, Y, X.shape[1])
     window = _weight_grad(net, X, Y, num_steps)
     return float((full - window).norm() / full.norm())
@@ -241,7 +244,7 @@ class Probe:
 
 
 def probe(model: nn.Module, X: torch.Tensor, Y: torch.Tensor, max_distance: int,
-          num_steps: int) -> Probe:
+          num_steps: int | None) -> Probe:
     """Measure g(k), the share beyond a `num_steps` window, and W_hh's spectra for the model's
     current weights (anything with .embedding, .core, .head). See the module docstring for what
     it leaves untouched."""

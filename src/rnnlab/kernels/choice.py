@@ -1,7 +1,8 @@
 """Kernel choices for the CPU fast path, made by timing the candidates on this machine.
 
     from rnnlab.kernels import choice as kernels
-    kernels.configure(tanh="auto", matmul="auto", linear="auto")  # run.py, from cfg.kernels
+    kernels.configure(tanh="auto", matmul="auto", cache_dir="outputs/kernels")  # cfg.kernels
+    kernels.keep({"tanh 32x512 float32 1 thread": "sigmoid"})  # a resumed run's recorded ones
     plus_matmul = kernels.step_matmul(W, rows=32, steps=35)  # (a, c, beta) -> beta c + a @ W
     use_sigmoid = kernels.tanh_via_sigmoid(z)                  # tanh(z) = 2 sigmoid(2z) - 1?
     low = kernels.recurrence_dtype(h, W, torch.bfloat16)      # under autocast: bf16 steps pay?
@@ -10,13 +11,17 @@
     kernels.made()      # {"matmul 32x512x512 float32 1 thread": "torch", ...}, also logged
     kernels.resolve_precision("auto", "cpu")  # "bf16-mixed" on a CPU with AMX or AVX512-BF16
 
-Which kernel is faster differs by CPU: torch's tanh costs 3.5 ns per element on an AMD EPYC and
-0.59 ns on an Intel Xeon with AVX-512 (sigmoid 0.5 and 0.81), and oneDNN's products beat MKL's
-addmm by 10-20% on the AMD but lose on the Intel (docs/performance.md). So each choice is timed
-the first time a shape needs it (a few ms, interleaved rounds, median), cached per shape and
-thread count for the life of the process, and logged. The plain torch path is always a candidate
+Which kernel is faster differs by CPU: tanh against sigmoid, and oneDNN's products against
+MKL's addmm, win on one CPU and lose on another (docs/performance.md has the figures). So each
+choice is timed the first time a shape needs it (interleaved rounds, median), cached per shape,
+dtype and thread count, and logged. The plain torch path is always a candidate
 and wins ties: another candidate must be at least 3% faster, more than the noise of a
 measurement this short. Off the CPU and under torch.compile the plain path is used untimed.
+
+A near-tie can flip with the machine's load, and the choices change rounding, so a choice is
+made once and then kept (docs/performance.md): first a choice recorded by the run itself (a
+resume, a relaunched or requeued job: `keep`, matched without the thread count), then the
+machine's cache (rnnlab.kernels.cache, `cache_dir`), and only then a timing, stored there.
 """
 
 from __future__ import annotations
@@ -26,12 +31,14 @@ import logging
 import statistics
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from rnnlab.config import checks
 from rnnlab.kernels import onednn
+from rnnlab.kernels.cache import MachineCache
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +50,27 @@ MARGIN = 0.97  # a candidate replaces the plain path only if it takes < 97% of i
 _settings = {name: "auto" for name in CANDIDATES}
 _cache: dict[tuple, str] = {}  # the choice per shape, dtype and thread count
 _made: dict[str, str] = {}
+_kept: dict[str, str] = {}  # recorded by the run: label without its thread count -> choice
+_machine: list[MachineCache] = []  # the machine's cache, when configured with a cache_dir
 
 
-def configure(**choices: str) -> None:
+def configure(cache_dir: str | None = None, retime: bool = False, **choices: str) -> None:
     """Set each choice (tanh, matmul, linear, recurrence_dtype) to `auto` (timed; the default
-    for any not given) or force one of its candidates. `made()` starts over; timings cached in
-    this process stay."""
+    for any not given) or force one of its candidates. `cache_dir`: the machine's cache of
+    decisions (None: this process only); `retime`: time each shape again and overwrite it.
+    `made()` and the kept choices start over; timings cached in this process stay unless
+    retime."""
+    _check(choices)
+    _settings.update({name: choices.get(name, "auto") for name in CANDIDATES})
+    _made.clear()
+    _kept.clear()
+    where = str(Path(cache_dir).resolve()) if cache_dir else None
+    if retime or where != (str(_machine[0].folder.resolve()) if _machine else None):
+        _cache.clear()  # this process's decisions came from another cache, or none
+    _machine[:] = [MachineCache(cache_dir, retime)] if cache_dir else []
+
+
+def _check(choices: dict[str, str]) -> None:
     for name in choices:
         if name not in CANDIDATES:
             raise ValueError(f"kernels.{name} is unknown; the choices are {list(CANDIDATES)}")
@@ -60,14 +82,35 @@ def configure(**choices: str) -> None:
         if value == "onednn" and not onednn.AVAILABLE:
             raise ValueError(f"kernels.{name}=onednn: this torch is built without oneDNN; "
                              f"use auto or torch")
-    _settings.update({name: choices.get(name, "auto") for name in CANDIDATES})
-    _made.clear()
+
+
+def base_label(label: str) -> str:
+    """A label without its thread count: a recorded choice holds whatever the threads now."""
+    return label.rsplit(" ", 2)[0] if label.endswith(("thread", "threads")) else label
+
+
+def keep(recorded: dict[str, str]) -> None:
+    """Use these choices (`made()` of an earlier part of this run) wherever they apply, before
+    the machine's cache or a timing; a forced setting still wins. Unknown values are refused."""
+    for label, value in recorded.items():
+        value = str(value).removesuffix(" (forced)")
+        name = label.split(" ", 1)[0]
+        if name not in CANDIDATES or value not in CANDIDATES[name]:
+            raise ValueError(f"recorded kernel choice {label!r}: {value!r} is not one of "
+                             f"{list(CANDIDATES.get(name, ()))}")
+        _kept[base_label(label)] = value
+
+
+def machine_choices() -> dict[str, str]:
+    """The decisions stored in the machine's cache ({} without one)."""
+    return _machine[0].read() if _machine else {}
 
 
 @contextlib.contextmanager
 def forced(**choices: str) -> Iterator[None]:
     before = dict(_settings)
-    configure(**{**before, **choices})
+    _check(choices)
+    _settings.update(choices)
     try:
         yield
     finally:
@@ -108,17 +151,27 @@ def _choose(name: str, shape: str, tensor: torch.Tensor,
         return setting
     if tensor.device.type != "cpu":
         return plain
+    if (kept := _kept.get(base_label(label))) is not None:
+        _made[label] = kept
+        return kept
     key = (name, shape, tensor.dtype, threads)
-    if key not in _cache:
+
+    def time_it() -> str:
         with torch.no_grad():
             seconds = _time(candidates(), rounds)
         for other, s in (extra or {}).items():
             seconds[other] += s
         best = min(seconds, key=seconds.get)
-        _cache[key] = best if seconds[best] < MARGIN * seconds[plain] else plain
+        winner = best if seconds[best] < MARGIN * seconds[plain] else plain
         # the run's log file and summary.json["kernels"] have them; the console stays short
-        log.debug("kernel choice: %s -> %s (%s)", label, _cache[key],
-                 ", ".join(f"{n} {1e6 * s:.0f} us" for n, s in seconds.items()))
+        log.debug("kernel choice: %s -> %s (%s)", label, winner,
+                  ", ".join(f"{n} {1e6 * s:.0f} us" for n, s in seconds.items()))
+        return winner
+
+    if key not in _cache:
+        _cache[key] = _machine[0].decide(label, time_it) if _machine else time_it()
+        if _cache[key] not in CANDIDATES[name]:  # a hand-edited or foreign cache entry
+            _cache[key] = time_it()
     _made[label] = _cache[key]
     return _cache[key]
 

@@ -45,6 +45,7 @@ class HeldOutScore:
 
 
 def token_ppl(log_probs: torch.Tensor, ids: torch.Tensor) -> float:
-    """Perplexity of ids[1:] under (L-1, V) log-probabilities."""
-    nll = -log_probs.double().gather(1, ids[1:].long()[:, None]).mean()
-    return math.exp(float(nll))
+    """Perplexity of ids[1:] under (L-1, V) log-probabilities; inf (not an OverflowError) or
+    NaN for a model that diverged."""
+    nll = float(-log_probs.double().gather(1, ids[1:].long()[:, None]).mean())
+    return math.exp(nll) if nll < 700 or math.isnan(nll) else math.inf

@@ -24,6 +24,11 @@ norms, clipping and the gradient guard agree on every rank; what is per rank is 
   epoch end and in checkpoints, which hold the sums of all ranks);
 - the per-step `train/ppl` is rank 0's rows only (a logged sample, not reduced), and the per-step
   `train/tokens_per_s` is rank 0's rate times the world size (ranks step in lockstep).
+
+Throughput (`train/tokens_per_s`, `train/tokens_per_s_epoch`, summary.json's `tokens_per_s`) is
+over the training loop's wall time: from the end of one batch (or the epoch's start) to the end
+of the next, so loading the batch and copying it to the device count; validation, checkpoints
+and epoch-end callbacks do not.
 """
 
 from __future__ import annotations
@@ -69,7 +74,7 @@ class TrainingMonitor(pl.Callback):
         self._norms: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (step, norm, clip stat)
         self.loss_sum, self.tokens, self.train_time = 0.0, 0, 0.0  # what a resume restored
         self.epoch_clipped, self.epoch_steps = 0, 0
-        self._step_t0 = self._batch_t0 = time.perf_counter()
+        self._mark = time.perf_counter()  # the loop's clock: the end of the last batch
         self._step = 0
         self._interval_max: torch.Tensor | None = None  # the largest norm since the last log
 
@@ -96,7 +101,6 @@ class TrainingMonitor(pl.Callback):
             self.started = True
             log.info("first training step (global step %d)", trainer.global_step)
         self._step = trainer.global_step
-        self._batch_t0 = time.perf_counter()
 
     def on_before_backward(self, trainer, pl_module, loss: torch.Tensor) -> None:
         # NaN, or a perplexity that overflows, is divergence: the update is skipped below
@@ -171,7 +175,8 @@ class TrainingMonitor(pl.Callback):
     # ---- statistics ---------------------------------------------------------------------------
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         now = time.perf_counter()
-        self.train_time += now - self._batch_t0
+        seconds, self._mark = now - self._mark, now  # this batch's loading, copy and step
+        self.train_time += seconds
         if self.diverged_at is not None or not outputs:
             return
         loss, n = outputs["loss"], batch[1].numel()
@@ -179,8 +184,10 @@ class TrainingMonitor(pl.Callback):
         if self._logging_step(trainer):
             pl_module.log("train/ppl", torch.exp(loss), prog_bar=True)
             pl_module.log("train/tokens_per_s", n * getattr(trainer, "world_size", 1)
-                          / max(now - self._step_t0, 1e-9))
-        self._step_t0 = now
+                          / max(seconds, 1e-9))
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self._mark = time.perf_counter()  # a validation inside the epoch is not training time
 
     def epoch_loss(self) -> tuple[float, int]:
         """This epoch's summed token loss (float64) and token count so far."""
@@ -192,8 +199,9 @@ class TrainingMonitor(pl.Callback):
         return self.loss_sum + float(losses @ counts), self.tokens + int(counts.sum())
 
     def epoch_stats(self) -> dict[str, float]:
-        """This epoch so far: token-weighted train perplexity and training tokens/s (the time
-        spent in training steps, validation excluded), and the fraction of steps clipped."""
+        """This epoch so far: token-weighted train perplexity and training tokens/s (over the
+        training loop's wall time, data loading included, validation excluded), and the
+        fraction of steps clipped."""
         loss_sum, tokens = self.across_ranks(*self.epoch_loss())
         if not tokens:
             return {}
@@ -225,7 +233,7 @@ class TrainingMonitor(pl.Callback):
         restored, self._restored_epoch = self._restored_epoch, None
         if restored == trainer.current_epoch:
             # resumed mid-epoch: go on from the epoch's totals the checkpoint restored
-            self._step_t0 = self._batch_t0 = time.perf_counter()
+            self._mark = time.perf_counter()
             return
         self.start_epoch()
 

@@ -9,6 +9,7 @@ through_time/decay_per_step, .../reach, .../beyond_window, .../w_hh_sigma_max, .
 image, through_time/g_k: g(k) on a log scale, one line per probed epoch, beside a heat map of
 log10 g(k) over epochs x distance. The group's name sorts after `perplexity`, which TensorBoard's
 Time Series must show first. `summary()` is the last probe's numbers, for summary.json (grad_*).
+With `bptt=full` nothing is truncated: beyond_window is 0 and grad_window null (no window).
 """
 
 from __future__ import annotations
@@ -70,7 +71,9 @@ class GradientsThroughTime(pl.Callback):
         if distance > steps:
             raise ValueError(f"{KEY}.max_distance={distance} is beyond the probe's {steps} "
                              f"steps; use max_distance <= {KEY}.probe_steps")
-        self.max_distance, self.num_steps = distance, dm.num_steps
+        # full BPTT truncates nothing: no window to measure a share beyond (it is 0)
+        window = None if getattr(dm, "windows", None) == "full" else dm.num_steps
+        self.max_distance, self.num_steps = distance, window
         self.X, self.Y = probe_windows(val, steps, self.rows)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -101,10 +104,12 @@ class GradientsThroughTime(pl.Callback):
                 logger.experiment.add_image(f"{GROUP}/g_k", self.image(), trainer.global_step,
                                             dataformats="HWC")
         self.seconds.append(time.perf_counter() - t0)
-        log.info("gradient probe, epoch %d: decay %.3f per step, reach %s steps, %.1f%% of the "
-                 "gradient beyond a %d-step window, W_hh sigma_max %.3f (%.2f s)", epoch,
-                 scalars["decay_per_step"], scalars["reach"], 100 * scalars["beyond_window"],
-                 self.num_steps, scalars["w_hh_sigma_max"], self.seconds[-1])
+        beyond = (f"{100 * scalars['beyond_window']:.1f}% of the gradient beyond a "
+                  f"{self.num_steps}-step window" if self.num_steps is not None
+                  else "nothing truncated (full BPTT)")
+        log.info("gradient probe, epoch %d: decay %.3f per step, reach %s steps, %s, W_hh "
+                 "sigma_max %.3f (%.2f s)", epoch, scalars["decay_per_step"], scalars["reach"],
+                 beyond, scalars["w_hh_sigma_max"], self.seconds[-1])
 
     def image(self) -> np.ndarray:
         """through_time/g_k as an RGB array: per state tensor, g(k) on a log scale with a line per

@@ -14,6 +14,11 @@ limit). Its status decides what happens, and the log says which:
   unless `retry_failed=true`, which trains it again from the start.
 A job dir whose config.yaml differs from the new config is refused with a ConfigError, never
 mixed. Keys that may legitimately differ between launches are in IGNORED.
+
+A live job holds its dir's lock (`hold_job`: fcntl.flock on <job dir>/.job.lock, released by
+the kernel when the process ends, however it ends), so a second launch of the same sweep while
+the first still runs refuses the jobs the first is training (JobBusy) instead of training them
+a second time into the same files; a killed job's lock is gone, and it resumes as above.
 """
 
 from __future__ import annotations
@@ -21,8 +26,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 from pathlib import Path
+from typing import IO
 
 import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -35,13 +42,41 @@ log = logging.getLogger(__name__)
 # resources, resume machinery and file names, not the experiment: they may change between
 # launches (the best checkpoint's name format changed once; an old sweep still resumes)
 IGNORED = ("retry_failed", "ckpt_path", "torch_threads", "paths", "data.data_dir",
-           "callbacks.checkpoint.filename")
+           "callbacks.checkpoint.filename", "kernels.cache_dir", "kernels.retime")
 # what a resumed fit may not produce again (it had nothing left to train): kept from before
 CARRIED = ("final_val_ppl", "train_ppl", "tokens_per_s")
 
 
 class KeptFailure(RuntimeError):
     """A job that failed in an earlier launch, kept as it is (retry_failed=false)."""
+
+
+class JobBusy(ConfigError):
+    """Another live process is training this job dir (one line, exit status 2)."""
+
+
+def hold_job(out_dir: Path) -> IO | None:
+    """Take the job dir's lock until the returned file is closed (or the process ends);
+    JobBusy when another process holds it. None where there is no flock (not POSIX)."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    lock = open(out_dir / ".job.lock", "a+")  # noqa: SIM115 (held past this function)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        owner = lock.read().strip() or "another process"
+        lock.close()
+        raise JobBusy(f"{out_dir} is being trained by {owner} (a launch of this sweep that is "
+                      f"still running); let it finish, or stop it and launch again to resume "
+                      f"this job") from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"process {os.getpid()}")
+    lock.flush()
+    return lock
 
 
 def comparable(cfg: DictConfig | dict) -> dict:

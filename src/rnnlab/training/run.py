@@ -36,6 +36,7 @@ from rnnlab.evaluation.dynamic import evaluate_dynamic
 from rnnlab.evaluation.mixture import evaluate_mixture
 from rnnlab.kernels import choice as kernels
 from rnnlab.training.checkpoints import AtomicCheckpointIO
+from rnnlab.training.choices import KeepChoices, RunChoices
 from rnnlab.training.distributed import (
     agree_on_signal,
     check_distributed,
@@ -48,7 +49,13 @@ from rnnlab.training.distributed import (
 from rnnlab.training.monitor import TrainingMonitor
 from rnnlab.training.preflight import check_full_bptt_memory, check_resume_checkpoint
 from rnnlab.training.probe_callback import GradientsThroughTime
-from rnnlab.training.relaunch import carry_over, objective, previous_run, read_summary
+from rnnlab.training.relaunch import (
+    carry_over,
+    hold_job,
+    objective,
+    previous_run,
+    read_summary,
+)
 from rnnlab.training.tblogger import RunLogger
 
 log = logging.getLogger(__name__)
@@ -164,11 +171,21 @@ def train(cfg: DictConfig) -> float:
     """Fit and test one model; returns the best val/ppl (inf when there is none), or with
     `eval.dynamic` and/or `ngram_mix` set, the val/ppl of the strongest of those evaluations."""
     out_dir = _run_dir(cfg)
+    rank0 = env_rank(cfg.trainer) == 0  # under DDP only rank 0 writes summary.json/config.yaml
+    # held while this job runs: a second launch of the sweep leaves the job alone
+    lock = hold_job(out_dir) if rank0 else None
+    try:
+        return _train(cfg, out_dir, rank0)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _train(cfg: DictConfig, out_dir: Path, rank0: bool) -> float:
     # a sweep launched again (or a requeued cluster job) finds its earlier launch's job here
     earlier = read_summary(out_dir) if is_multirun() and not cfg.get("ckpt_path") else None
     if earlier is not None and (done := previous_run(cfg, out_dir, earlier)) is not None:
         return done
-    rank0 = env_rank(cfg.trainer) == 0  # under DDP only rank 0 writes summary.json/config.yaml
     summary: dict = {"status": "running", "overrides": job_overrides(), "run_dir": str(out_dir),
                      "model": cfg.model.core.get("kind", "rnn_scratch"), "bptt": cfg.bptt.mode,
                      "sampling": cfg.data.sampling, "seed": cfg.seed, "diverged": False}
@@ -177,12 +194,13 @@ def train(cfg: DictConfig) -> float:
     previous = path.read_text() if cfg.get("ckpt_path") and path.is_file() else None
     if rank0:
         write_summary(out_dir, summary)
-    started = time.time()
+    started, choices = time.time(), None
     try:
         train_config(cfg)  # already checked before torch by the command line; not by a caller
         check_distributed(cfg)  # devices, world size (Lightning)
         pack_gpu(cfg)
-        stopper = _fit_and_test(cfg, out_dir, summary, rank0)
+        choices = RunChoices.recorded_for(cfg, out_dir, relaunched=earlier is not None)
+        stopper = _fit_and_test(cfg, out_dir, summary, rank0, choices)
         carry_over(summary, earlier if cfg.get("ckpt_path") else None)
     except (KeyboardInterrupt, SystemExit) as e:  # stopped (a second Ctrl-C, a requeue): not failed
         summary.update(status="interrupted", error=f"{type(e).__name__}: {e}")
@@ -194,7 +212,11 @@ def train(cfg: DictConfig) -> float:
         raise
     finally:
         summary["wall_time_s"] = round(time.time() - started, 2)
-        summary["kernels"] = kernels.made()  # the timed CPU kernel choices this run used
+        summary["kernels"] = kernels.made()  # the CPU kernel choices this run used
+        if choices is not None and choices.precision is not None:
+            summary["choices_from"] = choices.source  # None: decided (or cached) here
+            if rank0:  # what a relaunch of this job that starts over uses again
+                choices.write(out_dir)
         if rank0 and previous is not None and summary["status"] == "failed":
             path.write_text(previous)
         elif rank0:
@@ -225,18 +247,20 @@ def _run_dir(cfg: DictConfig) -> Path:
     return out_dir
 
 
-def _fit_and_test(cfg: DictConfig, out_dir: Path, summary: dict, rank0: bool = True
-                  ) -> StopOnSignal:
-    # auto: bf16-mixed on a CPU with bf16 matrix units; the config keeps "auto" (a relaunched
-    # sweep compares configs), summary.json says what it became here
-    precision = summary["precision"] = kernels.resolve_precision(
-        cfg.trainer.get("precision", "32-true"), cfg.trainer.get("accelerator", "auto"))
-    torch.set_num_threads(torch_threads(cfg))
+def _fit_and_test(cfg: DictConfig, out_dir: Path, summary: dict, rank0: bool = True,
+                  choices: RunChoices | None = None) -> StopOnSignal:
+    choices = choices or RunChoices()
+    # auto: bf16-mixed on a CPU with bf16 matrix units, or what the run recorded; the config
+    # keeps "auto" (a relaunched sweep compares configs), choices.json and summary.json say
+    # what it became
+    precision = summary["precision"] = choices.resolve_precision(cfg.trainer)
+    torch.set_num_threads(choices.threads(cfg, torch_threads(cfg)))
     if is_ddp(cfg.trainer) or devices_per_node(cfg.trainer) > 1:  # else Lightning's DDP
         # launcher sets cores // processes threads, whatever torch_threads said
         os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
     summary["torch_threads"] = torch.get_num_threads()
     kernels.configure(**cfg.get("kernels", {}))
+    choices.apply()
     keep_freed_memory()
     pl.seed_everything(cfg.seed, workers=True)
     dm = build(cfg.data)
@@ -253,7 +277,8 @@ def _fit_and_test(cfg: DictConfig, out_dir: Path, summary: dict, rank0: bool = T
     ckpt_dir = out_dir / "checkpoints"
     stopper, monitor = StopOnSignal(ckpt_dir), TrainingMonitor()
     # the monitor first: its statistics take in the step the stopper then checkpoints
-    callbacks = [build(c) for c in (cfg.get("callbacks") or {}).values()] + [monitor, stopper]
+    callbacks = [build(c) for c in (cfg.get("callbacks") or {}).values()] + [
+        monitor, KeepChoices(choices, out_dir, rank0), stopper]
     interactive = sys.stdout.isatty()
     callbacks += [RichProgressBar()] if interactive else []
     loggers = [build(c) for c in (cfg.get("logger") or {}).values()]
@@ -299,8 +324,9 @@ def _fit_and_test(cfg: DictConfig, out_dir: Path, summary: dict, rank0: bool = T
         if cfg.get("ngram_mix"):  # the tested (best) weights, mixed with a Kneser-Ney n-gram
             extra.update(evaluate_mixture(model, dm.corpus, len(dm.vocab), **cfg.ngram_mix,
                                           dynamic=dynamic))
-        for lg in loggers if extra else []:
-            lg.log_metrics(extra, step=trainer.global_step)
+        for lg in loggers if extra else []:  # not the settings of a grid with no finite one
+            lg.log_metrics({k: v for k, v in extra.items() if isinstance(v, (int, float))},
+                           step=trainer.global_step)
         record(**{key.replace("/ppl_", "_ppl_"): value for key, value in extra.items()})
     for lg in loggers:
         if isinstance(lg, RunLogger):  # the HParams tab's row for this run
