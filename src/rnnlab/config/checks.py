@@ -291,14 +291,14 @@ def config_problem(cfg) -> str | None:
             positive_int("torch_threads", cfg.torch_threads)
         if cfg.get("trainer") is not None and cfg.get("bptt") is None:
             precision(cfg.trainer.get("precision", "32-true"), cfg.trainer.get("accelerator"))
-        # generate.py; keys(): `in` is False for a missing (???) value, the case to answer
-        if cfg.get("bptt") is None and "ckpt_path" in cfg.keys():  # noqa: SIM118
-            generate_checkpoint(cfg)
         for key in ("num_preds",):
             if cfg.get(key) is not None:
                 positive_int(key, cfg[key])
         if cfg.get("temperature") is not None:
             temperature(cfg.temperature)
+        # generate.py; keys(): `in` is False for a missing (???) value, the case to answer
+        if cfg.get("bptt") is None and "ckpt_path" in cfg.keys():  # noqa: SIM118
+            generate_checkpoint(cfg)
     except ConfigError as e:
         return str(e)
     return None
