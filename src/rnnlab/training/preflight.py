@@ -88,7 +88,8 @@ def resume_settings(cfg: DictConfig, overrides: list[str]) -> list[str]:
             f"these overrides (ckpt_path alone takes every setting from the run), or start a new "
             f"run without ckpt_path. A resume may change only {', '.join(RESUME_MAY_CHANGE[:3])}, "
             f"logging, paths, threads and the scoring after training")
-    taken = [k for k in differ if k not in by_user]
+    # an interpolation (`${seed}`, `${paths.output_dir}/checkpoints`) follows what it points at
+    taken = [k for k in differ if k not in by_user and not _interpolated(cfg, k)]
     with open_dict(cfg):
         for key in taken:
             if key in old:
@@ -100,8 +101,15 @@ def resume_settings(cfg: DictConfig, overrides: list[str]) -> list[str]:
                     del node[leaf]
     if taken:
         log.info("resuming with the run's own settings for %s", ", ".join(
-            f"{k}={old.get(k, '(none)')}" for k in taken))
+            f"{k}={old[k]}" if k in old else f"~{k}" for k in taken))
     return taken
+
+
+def _interpolated(cfg: DictConfig, key: str) -> bool:
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    return isinstance(node, DictConfig) and leaf in node and OmegaConf.is_interpolation(node,
+                                                                                      leaf)
 
 
 def _built_differently(key: str, old: dict, new: dict) -> bool:
