@@ -104,7 +104,8 @@ def test_report_on_a_real_2x2_sweep(sweep2x2):
         assert cells[1:3] == [row["config"]["data.sampling"], row["config"]["model"]]
         best = float(cells[4].strip("*").split()[0])
         assert best == pytest.approx(row["best_val_ppl"]["mean"], abs=0.01)
-    assert "\n".join(rows) in r.stdout  # the table is printed too
+    assert "\n".join(rows) in r.stdout  # the table is printed too, and where it went
+    assert f"report in {sweep2x2}: report.md, report.json" in r.stdout
     assert "Missing / failed" not in markdown
     for name in ("val_ppl.png", "factors.png", "grad_norm.png"):
         assert_png(sweep2x2 / name)

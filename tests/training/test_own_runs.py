@@ -11,11 +11,11 @@ from conftest import ROOT, make_cfg
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 
 from rnnlab.errors import ConfigError
 from rnnlab.text.vocab import encode_corpus, preprocess
-from rnnlab.training.run import data_line, train
+from rnnlab.training.run import data_line, dense_one_hot, train
 from rnnlab.training.samples import BOOK_PREFIX, corpus_prefix
 
 
@@ -104,10 +104,14 @@ def test_word_tokens_with_one_hot_inputs_are_pointed_at_an_embedding():
     data = {"path": "x.txt", "preprocess": "letters", "token": "word", "vocab_size": 5000,
             "tokens": {"train": 9, "val": 1, "test": 1},
             "oov_rate": {"train": 0.0, "val": 0.015, "test": 0.02}}
-    assert "model.embedding_dim=128" in data_line(data)
+    assert "model.embedding_dim=128" in data_line(data, dense_one_hot=True)
     assert "out of vocabulary 0.00%/1.50%/2.00%" in data_line(data)
-    assert "embedding_dim" not in data_line(data, embedding_dim=64)
-    assert "embedding_dim" not in data_line({**data, "token": "char", "vocab_size": 28})
+    assert "embedding_dim" not in data_line(data, dense_one_hot=False)
+    assert "embedding_dim" not in data_line({**data, "token": "char", "vocab_size": 28}, True)
+    lstm = OmegaConf.create({"embedding_dim": None, "core": {"kind": "lstm"}})
+    assert dense_one_hot(lstm) and not dense_one_hot(OmegaConf.merge(lstm, {"embedding_dim": 8}))
+    # the scratch RNN looks its one-hot rows up: an embedding would not make it faster
+    assert not dense_one_hot(OmegaConf.create({"embedding_dim": None, "core": {"fast": True}}))
 
 
 @pytest.mark.parametrize("raw, mode, token, prefix", [

@@ -252,7 +252,7 @@ def _fit_and_test(cfg: DictConfig, out_dir: Path, summary: dict, rank0: bool = T
     dm.setup()
     summary["data"] = dm.describe()
     if rank0:
-        log.info(data_line(summary["data"], cfg.model.get("embedding_dim")))
+        log.info(data_line(summary["data"], dense_one_hot(cfg.model)))
     if cfg.bptt.mode == "full":
         check_full_bptt_memory(cfg, len(dm.corpus["train"]), len(dm.vocab))
     model = build(cfg.model, vocab_size=len(dm.vocab))
@@ -319,14 +319,23 @@ def _fit_and_test(cfg: DictConfig, out_dir: Path, summary: dict, rank0: bool = T
     return stopper
 
 
-def data_line(data: dict, embedding_dim: int | None = None) -> str:
-    """One console line on what the run is on (summary.json's "data" holds the same)."""
+def dense_one_hot(model: DictConfig) -> bool:
+    """Whether the core multiplies whole one-hot vectors (nn.GRU/LSTM, the book's plain loop)
+    rather than looking rows up (the scratch RNN's fast path, our nn.RNN kernel on a CPU)."""
+    core = model.core
+    return not model.get("embedding_dim") and (core.get("kind") in ("gru", "lstm") or not core.get(
+        "fast", True) or core.get("cpu_kernel") == "torch")
+
+
+def data_line(data: dict, dense_one_hot: bool = False) -> str:
+    """One console line on what the run is on (summary.json's "data" holds the same); for words
+    fed to a core as dense one-hot vectors, the embedding that makes them cheap."""
     tokens, oov = data["tokens"], data["oov_rate"]
     line = (f"data: {data['path']} ({data['preprocess']}, {data['token']} tokens), vocabulary "
             f"{data['vocab_size']}, tokens train/val/test {tokens['train']:,}/{tokens['val']:,}/"
             f"{tokens['test']:,}, out of vocabulary {oov['train']:.2%}/{oov['val']:.2%}/"
             f"{oov['test']:.2%}")
-    if data["token"] == "word" and not embedding_dim and data["vocab_size"] > 1000:
+    if data["token"] == "word" and dense_one_hot and data["vocab_size"] > 1000:
         line += (f"; one-hot inputs over {data['vocab_size']:,} words make every step slow: "
                  f"model.embedding_dim=128 gives the model an embedding")
     return line
