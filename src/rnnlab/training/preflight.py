@@ -75,7 +75,10 @@ def resume_settings(cfg: DictConfig, overrides: list[str]) -> list[str]:
     if not isinstance(saved, dict):
         return []
     old, new = (flatten(comparable(c), lists=False) for c in (saved, cfg))
-    differ = [k for k in sorted(set(old) | set(new)) if old.get(k, _ABSENT) != new.get(k, _ABSENT)]
+    # an interpolation (`${seed}`, `${paths.output_dir}/checkpoints`) follows what it points at,
+    # which is compared itself (or, like paths, may change)
+    differ = [k for k in sorted(set(old) | set(new)) if old.get(k, _ABSENT) != new.get(k, _ABSENT)
+              and not _interpolated(cfg, k)]
     set_keys = [split_override(o)[0] for o in overrides]
     everywhere = any(k in GLOBAL_GROUPS for k in set_keys)
     by_user = [k for k in differ if everywhere or _under(k, set_keys)]
@@ -88,8 +91,7 @@ def resume_settings(cfg: DictConfig, overrides: list[str]) -> list[str]:
             f"these overrides (ckpt_path alone takes every setting from the run), or start a new "
             f"run without ckpt_path. A resume may change only {', '.join(RESUME_MAY_CHANGE[:3])}, "
             f"logging, paths, threads and the scoring after training")
-    # an interpolation (`${seed}`, `${paths.output_dir}/checkpoints`) follows what it points at
-    taken = [k for k in differ if k not in by_user and not _interpolated(cfg, k)]
+    taken = [k for k in differ if k not in by_user]
     with open_dict(cfg):
         for key in taken:
             if key in old:
