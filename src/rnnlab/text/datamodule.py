@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
@@ -198,6 +199,7 @@ class TextDataModule(pl.LightningDataModule):
         # only how many batches (each with Lightning's per-batch cost) a validation takes
         self.eval_num_steps = eval_num_steps or num_steps
         self.vocab: Vocab | None = None
+        self.corpus_path: Path | None = None  # the file setup() read
         self.corpus: dict[str, torch.Tensor] = {}
         self.train_sampler: PlanSampler | None = None
         self._resume: dict | None = None
@@ -208,7 +210,7 @@ class TextDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.vocab is not None:
             return
-        path = resolve_corpus(self.path, self.data_dir)
+        path = self.corpus_path = resolve_corpus(self.path, self.data_dir)
         raw = read_text(path)
         text = preprocess(raw, self.preprocess_mode)
         kept = kept_share(raw, text) if self.preprocess_mode != "none" else 1.0
@@ -253,7 +255,7 @@ class TextDataModule(pl.LightningDataModule):
         the training split, or rarer than data.min_freq)."""
         unk = {split: round(float((ids == self.vocab.unk).sum()) / len(ids), 6) if len(ids)
                else 0.0 for split, ids in self.corpus.items()}
-        return {"path": str(resolve_corpus(self.path, self.data_dir)), "token": self.token,
+        return {"path": str(self.corpus_path), "token": self.token,
                 "preprocess": self.preprocess_mode, "vocab_size": len(self.vocab),
                 "tokens": {split: len(ids) for split, ids in self.corpus.items()},
                 "oov_rate": unk}

@@ -55,8 +55,6 @@ class SampleText(pl.Callback):
             if hasattr(logger.experiment, "add_text"):
                 logger.experiment.add_text("sample", text, global_step=trainer.global_step)
 
-
-
 def corpus_prefix(train_ids, model, words: int = 3, search: int = 1 << 20) -> str:
     """The book's prefix where the start of the training text (its first `search` tokens) holds
     it, else the training text's first `words` words (first characters up to the third space)."""
