@@ -100,6 +100,8 @@ def _finish(ax, values: list[float], xlabel: str, ylabel: str, title: str, legen
     if values and max(values) / min(values) > 10:
         ax.set_yscale("log")
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    if xlabel == EPOCHS:  # whole epochs only
+        ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
     if legend:  # beside the axes, where it hides no curve
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
@@ -148,8 +150,8 @@ def _factors(plt, jobs: list[Job], keys: list[str]):
         ax.legend(fontsize=7, title=key, title_fontsize=7)
     for ax in list(axes.flat)[len(keys):]:
         ax.set_visible(False)
-    fig.suptitle("validation perplexity per swept factor: a colour per level, thin lines the "
-                 "jobs, thick their mean", fontsize=10)
+    fig.suptitle("validation perplexity per swept factor: a colour per level,\nthin lines the "
+                 "jobs, thick their mean at each epoch all of them reached", fontsize=10)
     fig.tight_layout()
     return fig
 
