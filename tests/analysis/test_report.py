@@ -11,8 +11,8 @@ import pytest
 import torch
 from conftest import run_script
 
-from rnnlab.analysis.figures import figures
-from rnnlab.analysis.jobs import ReportError, find_jobs, load_job, varied_keys
+from rnnlab.analysis.figures import figures, mean_curve, val_by_epoch
+from rnnlab.analysis.jobs import Job, ReportError, find_jobs, job_values, load_job, varied_keys
 from rnnlab.analysis.report import aggregate, write_report
 
 torch.set_num_threads(1)
@@ -104,7 +104,8 @@ def test_report_on_a_real_2x2_sweep(sweep2x2):
         assert cells[1:3] == [row["config"]["data.sampling"], row["config"]["model"]]
         best = float(cells[4].strip("*").split()[0])
         assert best == pytest.approx(row["best_val_ppl"]["mean"], abs=0.01)
-    assert "\n".join(rows) in r.stdout  # the table is printed too
+    assert "\n".join(rows) in r.stdout  # the table is printed too, and where it went
+    assert f"report in {sweep2x2}: report.md, report.json" in r.stdout
     assert "Missing / failed" not in markdown
     for name in ("val_ppl.png", "factors.png", "grad_norm.png"):
         assert_png(sweep2x2 / name)
@@ -219,27 +220,33 @@ def test_several_sweeps_failed_and_diverged_summaries_and_a_baseline(sweep2x2, f
         path.write_text(json.dumps(json.loads(path.read_text()) | patch))
     baseline = tmp_path / "ngram.json"
     baseline.write_text(json.dumps({"best": {"n": 3, "k": 0.5, "val_ppl": 7.25, "test_ppl": 7.5},
-                                    "all": []}))
+                                    "token": "char", "preprocess": "letters", "all": []}))
+    own = (copy / "report.md").read_text() if (copy / "report.md").exists() else None
     markdown, written = write_report([copy, failed_sweep], baseline=baseline)
-    assert written[0] == copy / "report.md" and all(p.exists() for p in written)
-    report = json.loads((copy / "report.json").read_text())
+    # the combined report has a dir of its own: the sweep's own report is left as it was
+    combined = tmp_path / "report-edited+clip"
+    assert written[0] == combined / "report.md" and all(p.exists() for p in written)
+    assert ((copy / "report.md").read_text() if own is not None else None) == own
+    report = json.loads((combined / "report.json").read_text())
     assert report["swept_keys"] == ["data.sampling", "model", "trainer.gradient_clip_val"]
     rows = report["rows"]
     assert len(rows) == 6 and {r["config"]["sweep"] for r in rows} == {"edited", "clip"}
     by = {(r["config"]["sweep"], r["config"]["data.sampling"], r["config"]["model"],
            r["config"]["trainer.gradient_clip_val"]): r for r in rows}
-    assert ("edited", "random", "rnn_scratch", "1.0") in by
-    assert by["clip", "sequential", "default", "1"]["status"] == "finished"
-    assert by["clip", "sequential", "default", "-1"]["status"] == "failed"
-    diverged = by["edited", "sequential", "rnn", "1.0"]
+    # keys a sweep left unset show the value its jobs ran with (model: the group's option; the
+    # clipping threshold 1.0 of the config and the override's 1 are one level)
+    assert ("edited", "random", "rnn_scratch", "1") in by
+    assert by["clip", "sequential", "rnn_scratch", "1"]["status"] == "finished"
+    assert by["clip", "sequential", "rnn_scratch", "-1"]["status"] == "failed"
+    diverged = by["edited", "sequential", "rnn", "1"]
     assert diverged["diverged"] == 1 and diverged["best_val_ppl"]["mean"] is None  # inf -> null
     assert rows[-1]["status"] == "failed" and rows[-2] is diverged and not diverged["best"]
-    failed = by["edited", "random", "rnn", "1.0"]
+    failed = by["edited", "random", "rnn", "1"]
     assert failed["status"] == "failed" and not failed["best"]  # never starred, even if lowest
     assert sum(r["best"] for r in rows) == 1 and next(r for r in rows if r["best"])["status"] \
         == "finished"
     lines = table_lines(markdown)
-    assert len(lines) == 7 and lines[-1].startswith("| n-gram baseline (n=3, k=0.5) |")
+    assert len(lines) == 7 and lines[-1].startswith("| n-gram baseline (char tokens, n=3, k=0.5) |")
     assert "7.25" in lines[-1] and "7.50" in lines[-1]
     assert any("**failed**" in ln and "| random | rnn |" in ln for ln in lines)
     assert any("**diverged**" in ln and "| yes |" in ln and "| inf |" in ln for ln in lines)
@@ -248,6 +255,62 @@ def test_several_sweeps_failed_and_diverged_summaries_and_a_baseline(sweep2x2, f
     assert any("gradient_clip_val=-1" in p for p in problems)
     with pytest.raises(ReportError, match="corpus_stats"):
         write_report([copy], baseline=copy / "report.json")  # JSON, not ngram.json
+
+
+def test_a_baseline_of_other_tokens_or_data_is_refused_naming_the_difference(sweep2x2,
+                                                                              tmp_path):
+    best = {"n": 3, "k": 0.5, "val_ppl": 458.5, "test_ppl": 470.0}
+    for other, named in [({"token": "word", "preprocess": "letters"}, "data.token: word"),
+                         ({"token": "char", "preprocess": "letters", "max_tokens": 1000},
+                          "data.max_tokens: 1000"),
+                         ({"token": "char", "preprocess": "none"}, "data.preprocess: none")]:
+        baseline = tmp_path / "ngram.json"
+        baseline.write_text(json.dumps({"best": best, **other}))
+        with pytest.raises(ReportError, match="not comparable") as info:
+            write_report([sweep2x2], baseline=baseline)
+        assert named in str(info.value)
+        assert "corpus_stats.py data.token=char" in str(info.value)  # what makes a fair one
+    r = script("report.py", str(sweep2x2), "--baseline", str(baseline))
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and r.stdout == ""
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def job(name: str, steps: list[int], values: list[float], overrides=(), choices=None,
+        config=None) -> Job:
+    return Job("s", Path(name), name, list(overrides), {"status": "finished"}, config or {},
+               {"val/ppl": list(zip(steps, values))}, choices or {})
+
+
+def test_truncation_curves_are_drawn_against_epochs_and_averaged_at_equal_x():
+    # bptt=full makes one update an epoch, regular windows many: by step, full's curve would sit
+    # at steps 0-1 and the others at 31-63; by epoch they share x, as they share training tokens
+    jobs = [job("0_bptt=full", [0, 1], [12.0, 10.0], ["bptt=full"]),
+            job("1_bptt=regular", [31, 63], [9.0, 7.0], ["bptt=regular"]),
+            job("2_bptt=regular", [31, 63, 95], [11.0, 9.0, 8.0], ["bptt=regular", "seed=1"])]
+    assert val_by_epoch(jobs[0]) == [(1, 12.0), (2, 10.0)]
+    figs = figures(jobs, ["bptt"])
+    [ax] = figs["val_ppl.png"].axes
+    assert ax.get_xlabel().startswith("epoch")
+    assert [list(ln.get_xdata()) for ln in ax.get_lines()] == [[1, 2], [1, 2], [1, 2, 3]]
+    [panel] = [a for a in figs["factors.png"].axes if a.get_visible()]
+    means = lines(panel, "(mean of 2)")
+    [regular] = [ln for label, ln in means.items() if label.startswith("regular")]
+    # the mean only where both regular jobs have a point: never a jump where one stops
+    assert list(regular.get_xdata()) == [1, 2]
+    assert list(regular.get_ydata()) == pytest.approx([10.0, 8.0])
+    assert mean_curve([[(1, 2.0), (2, 4.0)], [(1, 4.0)]]) == [(1, 3.0)]
+
+
+def test_unset_keys_show_the_value_the_job_ran_with():
+    jobs = [job("0", [1], [5.0], ["bptt=full", "trainer.gradient_clip_val=1"],
+                {"bptt": "full"}),
+            job("1", [1], [5.0], [], {"bptt": "regular"},
+                {"trainer": {"gradient_clip_val": 1.0}})]
+    assert varied_keys(jobs) == ["bptt", "trainer.gradient_clip_val"]
+    assert job_values(jobs[1], ["bptt", "trainer.gradient_clip_val"]) == {
+        "bptt": "regular", "trainer.gradient_clip_val": "1"}  # not "default", not "1.0"
+    assert job_values(jobs[0], ["trainer.gradient_clip_val"]) == {
+        "trainer.gradient_clip_val": "1"}
 
 
 def test_not_a_sweep_exits_2_with_one_line(tmp_path):

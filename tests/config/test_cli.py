@@ -70,7 +70,7 @@ def test_a_typo_is_named_with_the_closest_valid_name(config, args, message):
     ("train", ["+callbacks.stop._target_=pytorch_lightning.callbacks.EarlyStopping",
                "+callbacks.stop.monitor=val/ppl"]),
     ("train", ["--multirun", "trainer=gpu", "hydra/launcher=slurm"]),  # the jobs run elsewhere
-    ("generate", ["ckpt_path=x.ckpt", 'prefix="hello, world"']),
+    ("generate", [f"ckpt_path={ROOT / 'pyproject.toml'}", 'prefix="hello, world"']),
     ("train", ["--cfg", "job", "data.batch_size=1"]),
     ("train", ["--hydra-help", "data.batch_sise=1"]),  # Hydra's help: Hydra's business
 ])
@@ -224,6 +224,12 @@ def test_lightnings_availability_lines_stay_off_the_console(message, shown):
     ("forecast", ["data.noise=-0.5"], "data.noise=-0.5 must be >= 0"),
     ("stats", ["data.token=chars"], "data.token='chars' is unknown"),
     ("generate", ["ckpt_path=x", "temperature=-1"], "temperature=-1 must be >= 0"),
+    ("generate", [], "ckpt_path is not set; pass the checkpoint to generate from"),
+    ("generate", ["ckpt_path=/no/such.ckpt"], "ckpt_path=/no/such.ckpt does not exist"),
+    ("train", ["data.splits=[1.0,0,0]"], "data.splits=[1.0, 0, 0] leaves no validation split"),
+    ("train", ["data.splits=[0.95,0.05,0]"], "leaves no test split, but test=true; give test a "
+                                             "fraction, e.g. data.splits=[0.9,0.05,0.05], or "
+                                             "set test=false"),
 ])
 @pytest.mark.slow
 def test_a_bad_value_is_found_from_the_config_alone(config, args, message):
@@ -265,3 +271,33 @@ def test_bf16_on_a_cpu_without_it_is_refused_before_torch(monkeypatch):
                                                           "avx512dq", "amx_bf16"})
     assert command_line_problem(CONF, "train", ["trainer=cpu",
                                                 "trainer.precision=bf16-mixed"]) is None
+
+
+# ---- a user's own runs: the mistakes a first run on one's own text makes ----------------------
+def test_a_run_dir_as_ckpt_path_is_answered_with_its_last_checkpoint(tmp_path):
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    last.parent.mkdir(parents=True)
+    last.write_bytes(b"x")
+    for config in ("train", "generate"):
+        problem = command_line_problem(CONF, config, [f"ckpt_path={tmp_path / 'run'}"])
+        assert problem == f"ckpt_path={tmp_path / 'run'} is a directory; pass ckpt_path={last}"
+    assert command_line_problem(CONF, "train", ["data.splits=[0.95,0.05,0]", "test=false"]) \
+        is None
+
+
+def test_a_home_dir_tilde_says_how_to_write_it():
+    problem = command_line_problem(CONF, "train", ["data.path=~/tiny.txt"])
+    assert problem == ("data.path=~/tiny.txt: Hydra's override syntax takes no unquoted '~'; "
+                       "write data.path=$HOME/tiny.txt or quote it: 'data.path=\"~/tiny.txt\"' "
+                       "(~ is expanded)")
+
+
+def test_generate_without_a_checkpoint_and_the_resolved_hydra_config(tmp_path):
+    r = script("generate.py")
+    assert r.returncode == 2 and r.stdout == "" and "Traceback" not in r.stderr
+    assert r.stderr.startswith("error: ckpt_path is not set") and len(r.stderr.splitlines()) == 1
+    # the run and sweep dirs resolve on their own, though Hydra's node is printed without paths
+    r = script("train.py", "--cfg", "hydra", "--resolve")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"dir: {ROOT}/outputs/runs/" in r.stdout and f"dir: {ROOT}/outputs/multiruns/" \
+        in r.stdout

@@ -139,6 +139,9 @@ def test_corpus_stats_script_on_a_cyclic_word_corpus(tmp_path, compose_run):
     best_val = corpus_stats(cfg)
     result = json.loads((out / "ngram.json").read_text())
     assert result["token"] == "word" and result["vocab_size"] == 11  # 10 words + <unk>
+    # what a report compares with its runs' data before it shows this baseline beside them
+    assert result["path"] == str(corpus) and result["max_tokens"] is None
+    assert result["splits"] == [0.9, 0.05, 0.05] and result["min_freq"] == 0
     assert result["split_tokens"] == {"train": 900, "val": 50, "test": 50}
     assert result["distinct"]["1"] == 10 and result["distinct"]["2"] == 10
     rows = {(r["n"], r["k"]): r for r in result["table"]}

@@ -215,3 +215,17 @@ def test_what_a_relaunch_does_with_each_earlier_status(tmp_path, cfg_factory, st
         assert got is None and cfg.ckpt_path == str(out / "checkpoints" / "last.ckpt")
     else:
         assert got == expect and cfg.get("ckpt_path") is None
+
+
+def test_a_new_sweep_names_its_dir_and_how_to_finish_and_report_it(tmp_path, caplog):
+    from rnnlab.sweeps.sweep import claim_sweep_dir
+
+    caplog.set_level(logging.INFO, logger="rnnlab")
+    sweep_dir = tmp_path / "multiruns" / "12-00-00-abc123"
+    identity = {"kind": "grid", "params": {}, "overrides": {"model": "rnn,gru"}, "config": {}}
+    claim_sweep_dir(sweep_dir, identity)
+    assert f"sweep dir {sweep_dir} (the same command with hydra.sweep.dir={sweep_dir} finishes " \
+           f"it if stopped; python scripts/report.py {sweep_dir} reports on it)" in caplog.text
+    caplog.clear()
+    claim_sweep_dir(sweep_dir, identity)  # launched again: the dir is the sweep's already
+    assert "resuming the sweep in" in caplog.text and "sweep dir " not in caplog.text

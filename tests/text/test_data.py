@@ -175,3 +175,35 @@ def test_no_network_names_the_url_and_where_to_put_the_file(tmp_path, monkeypatc
     msg = str(info.value)
     assert corpus_mod.TIME_MACHINE_URL in msg and str(tmp_path / "data" / "timemachine.txt") in msg
     assert not (tmp_path / "data" / "timemachine.txt").exists()
+
+
+def test_a_corpus_that_preprocessing_removes_names_the_setting_that_keeps_it(tmp_path, caplog):
+    russian = tmp_path / "ru.txt"
+    russian.write_text("Машина времени и путешественник во времени. " * 60)
+    dm = TextDataModule(path=str(russian), batch_size=2, num_steps=5)
+    with pytest.raises(ValueError) as info:
+        dm.setup()  # `letters` (the book's) keeps a-z only: nothing of this text is left
+    message = str(info.value)
+    assert "has 0 tokens" in message and "data.preprocess=letters kept 0%" in message
+    assert "data.preprocess=unicode_letters" in message and "lower data.batch_size" not in message
+    assert any("data.preprocess=unicode_letters" in r.message for r in caplog.records
+               if r.levelname == "WARNING")
+    dm = TextDataModule(path=str(russian), preprocess="unicode_letters", batch_size=2,
+                        num_steps=5)
+    dm.setup()
+    assert "ш" in dm.vocab.token_to_idx and len(dm.corpus["train"]) > 1000
+    data = dm.describe()
+    assert data["tokens"] == {k: len(v) for k, v in dm.corpus.items()}
+    assert data["vocab_size"] == len(dm.vocab) and data["oov_rate"]["train"] == 0.0
+
+
+def test_the_out_of_vocabulary_rate_counts_held_out_words_unseen_in_training(tmp_path):
+    path = tmp_path / "words.txt"
+    path.write_text("a b c d " * 90 + "zz yy a b " * 5 + "a b c d " * 5)
+    dm = TextDataModule(path=str(path), token="word", batch_size=2, num_steps=3,
+                        splits=(0.9, 0.05, 0.05))
+    dm.setup()
+    data = dm.describe()
+    val = dm.corpus["val"]
+    assert data["oov_rate"]["val"] == pytest.approx(float((val == 0).sum()) / len(val))
+    assert data["oov_rate"]["val"] == pytest.approx(0.5)  # zz, yy: unseen in training

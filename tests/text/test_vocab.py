@@ -3,12 +3,30 @@ import json
 import pytest
 import torch
 
-from rnnlab.text.vocab import Vocab, encode_corpus, index_dtype, preprocess, tokenize
+from rnnlab.text.vocab import (
+    Vocab,
+    encode_corpus,
+    index_dtype,
+    kept_share,
+    preprocess,
+    tokenize,
+)
 
 
 def test_letters_preprocessing_matches_the_book():
     assert preprocess("The Time-Machine, 1895!\nBy H.G.", "letters") == "the time machine by h g "
     assert preprocess("Raw\ttext", "none") == "Raw\ttext"
+
+
+def test_unicode_letters_keep_every_script_and_letters_keep_a_to_z():
+    raw = "Café naïve, 日本語! Привет, мир: हिन्दी 42_x"
+    assert preprocess(raw, "letters") == "caf na ve x"
+    # letters of any script (and the marks written inside words, as in हिन्दी) stay, lower-case
+    assert preprocess(raw, "unicode_letters") == "café naïve 日本語 привет мир हिन्दी x"
+    assert preprocess("The Time-Machine, 1895!", "unicode_letters") == \
+        preprocess("The Time-Machine, 1895!", "letters")  # ASCII text: the book's result
+    assert kept_share("Привет, мир", preprocess("Привет, мир", "letters")) == 0.0
+    assert kept_share("abc, def", preprocess("abc, def", "letters")) == pytest.approx(6 / 7)
 
 
 def test_vocab_order_unk_and_tie_break():

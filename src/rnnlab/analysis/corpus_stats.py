@@ -117,6 +117,9 @@ def corpus_stats(cfg: DictConfig) -> float:
     result = {
         "token": token, "corpus": str(dm.path or Path(cfg.data.data_dir) / "timemachine.txt"),
         "preprocess": cfg.data.preprocess, "vocab_size": V, "stats_split": cfg.stats.split,
+        # what a report checks against its runs' data before it puts this baseline beside them
+        "path": cfg.data.path, "max_tokens": cfg.data.max_tokens,
+        "splits": list(cfg.data.splits), "min_freq": cfg.data.min_freq,
         "split_tokens": {name: len(ids) for name, ids in splits.items()},
         "best": best, "table": table, "zipf": {str(n): fit for n, fit in fits.items()},
         "distinct": {str(n): d for n, d in distinct.items()},

@@ -4,9 +4,12 @@
     figs = figures(jobs, keys)       # {"val_ppl.png": Figure, ...}; jobs from analysis.report
     paths = save_figures(jobs, keys, sweep_dir)
 
-- val_ppl.png: val/ppl of every job.
+- val_ppl.png: val/ppl of every job, against epochs: every job has seen the same training
+  tokens at the same epoch, whatever its number of updates (bptt=full makes one per epoch,
+  regular windows dozens), so the truncation modes compare at equal data.
 - factors.png: one panel per swept key; a colour per level of the key, each job a thin line in
-  its level's colour, the mean over the level's jobs a thick one.
+  its level's colour, the mean over the level's jobs a thick one, taken at each epoch that all
+  of them reached (never a mean of points at different x).
 - grad_norm.png: the gradient norm before clipping at every logged step (the maximum over the
   steps since the last logged one where the run logged train/grad_norm_max), and every job's
   clipping threshold dashed. Where a job's logged points miss its maximum over all steps (the
@@ -23,6 +26,7 @@ from pathlib import Path
 from rnnlab.analysis.jobs import CLIP, Job, job_values
 
 GRAD_TAGS = ("train/grad_norm_max", "train/grad_norm")  # the per-interval max where logged
+EPOCHS = "epoch (the same training tokens in every job)"
 
 
 def figures(jobs: list[Job], keys: list[str]) -> dict:
@@ -59,6 +63,15 @@ def points(job: Job, tag: str) -> list[tuple[int, float]]:
     return [(s, v) for s, v in job.scalars.get(tag, []) if math.isfinite(v) and v > 0]
 
 
+def val_by_epoch(job: Job) -> list[tuple[int, float]]:
+    """val/ppl at the end of each epoch, (epoch, value): validation runs once an epoch
+    (trainer.check_val_every_n_epoch=1), so its n-th point is epoch n's; points a log axis cannot
+    show are left out after numbering."""
+    every = ((job.config or {}).get("trainer") or {}).get("check_val_every_n_epoch") or 1
+    return [(every * (i + 1), v) for i, (_, v) in enumerate(job.scalars.get("val/ppl", []))
+            if math.isfinite(v) and v > 0]
+
+
 def grad_series(job: Job) -> tuple[str, list[tuple[int, float]]]:
     for tag in GRAD_TAGS:
         if pts := points(job, tag):
@@ -87,6 +100,8 @@ def _finish(ax, values: list[float], xlabel: str, ylabel: str, title: str, legen
     if values and max(values) / min(values) > 10:
         ax.set_yscale("log")
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    if xlabel == EPOCHS:  # whole epochs only
+        ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
     if legend:  # beside the axes, where it hides no curve
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
@@ -96,21 +111,22 @@ def _val_ppl(plt, jobs: list[Job], keys: list[str]):
     fig, ax = plt.subplots(figsize=(11, 5))
     label, values = _labeller(jobs, keys), []
     for j in jobs:
-        if pts := points(j, "val/ppl"):
+        if pts := val_by_epoch(j):
             values += [v for _, v in pts]
             ax.plot(*zip(*pts), marker="o", ms=3, lw=1.2, alpha=0.85, label=label(j))
-    _finish(ax, values, "step", "val/ppl", "validation perplexity, every job", len(jobs) <= 16)
+    _finish(ax, values, EPOCHS, "val/ppl", "validation perplexity, every job", len(jobs) <= 16)
     fig.tight_layout()
     return fig
 
 
 def mean_curve(curves: list[list[tuple[int, float]]]) -> list[tuple[int, float]]:
-    """The mean at each step over the curves that have it."""
+    """The mean at each x that every curve has: a mean never mixes points at different x, nor
+    jumps where one job stops (a diverged one, or a shorter budget)."""
     at: dict[int, list[float]] = {}
     for pts in curves:
-        for step, value in pts:
-            at.setdefault(step, []).append(value)
-    return [(step, sum(vs) / len(vs)) for step, vs in sorted(at.items())]
+        for x, value in pts:
+            at.setdefault(x, []).append(value)
+    return [(x, sum(vs) / len(vs)) for x, vs in sorted(at.items()) if len(vs) == len(curves)]
 
 
 def _factors(plt, jobs: list[Job], keys: list[str]):
@@ -122,20 +138,20 @@ def _factors(plt, jobs: list[Job], keys: list[str]):
         values = []
         for i, level in enumerate(dict.fromkeys(level_of.values())):
             colour = plt.cm.tab10(i % 10)
-            curves = [pts for j in jobs if level_of[j.name] == level and (pts := points(
-                j, "val/ppl"))]
+            curves = [pts for j in jobs if level_of[j.name] == level and (pts := val_by_epoch(
+                j))]
             for pts in curves:
                 ax.plot(*zip(*pts), color=colour, lw=0.8, alpha=0.35)
                 values += [v for _, v in pts]
-            if curves:
-                ax.plot(*zip(*mean_curve(curves)), color=colour, lw=2.4, marker="o", ms=3,
+            if mean := mean_curve(curves):
+                ax.plot(*zip(*mean), color=colour, lw=2.4, marker="o", ms=3,
                         label=f"{level} (mean of {len(curves)})")
-        _finish(ax, values, "step", "val/ppl", f"val/ppl by {key}", legend=False)
+        _finish(ax, values, EPOCHS, "val/ppl", f"val/ppl by {key}", legend=False)
         ax.legend(fontsize=7, title=key, title_fontsize=7)
     for ax in list(axes.flat)[len(keys):]:
         ax.set_visible(False)
-    fig.suptitle("validation perplexity per swept factor: a colour per level, thin lines the "
-                 "jobs, thick their mean", fontsize=10)
+    fig.suptitle("validation perplexity per swept factor: a colour per level,\nthin lines the "
+                 "jobs, thick their mean at each epoch all of them reached", fontsize=10)
     fig.tight_layout()
     return fig
 

@@ -36,6 +36,7 @@ class Job:
     summary: dict | None           # None: no (readable) summary.json
     config: dict | None            # the resolved config.yaml (or .hydra/config.yaml)
     scalars: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    choices: dict[str, str] = field(default_factory=dict)  # config group -> option (hydra.yaml)
 
 
 def find_jobs(sweep_dir: Path) -> list[Path]:
@@ -85,9 +86,13 @@ def load_job(sweep: str, sweep_dir: Path, job_dir: Path) -> Job:
         overrides = (summary or {}).get("overrides") or []
     config = read_file(job_dir / "config.yaml", yaml.safe_load) or read_file(
         job_dir / ".hydra" / "config.yaml", yaml.safe_load)
+    hydra = read_file(job_dir / ".hydra" / "hydra.yaml", yaml.safe_load)
+    choices = hydra.get("hydra", {}).get("runtime", {}).get("choices") \
+        if isinstance(hydra, dict) else None
     return Job(sweep, job_dir, job_dir.relative_to(sweep_dir).as_posix(),
                [str(o) for o in overrides], summary, config if isinstance(config, dict) else None,
-               load_scalars(job_dir))
+               load_scalars(job_dir), {str(k): "null" if v is None else str(v)
+                                      for k, v in (choices or {}).items()})
 
 
 def varied_keys(jobs: list[Job]) -> list[str]:
@@ -97,19 +102,37 @@ def varied_keys(jobs: list[Job]) -> list[str]:
     return [k for k in keys if k not in NOT_SWEPT and len({ov.get(k) for ov in per_job}) > 1]
 
 
+def canonical(value: object) -> str:
+    """One spelling per value, whether an override wrote it or config.yaml holds it: `1`, `1.0`
+    and `1e0` are all `1`; `null` for None."""
+    if isinstance(value, str):
+        try:
+            value = yaml.safe_load(value) if value else value
+        except yaml.YAMLError:
+            return value
+        if isinstance(value, str):
+            return value
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    return json.dumps(value).strip('"') if not isinstance(value, (dict, list)) else str(value)
+
+
 def job_values(job: Job, keys: list[str]) -> dict[str, str]:
-    """The job's value for each key: its override, else the resolved config's, else 'default'."""
+    """The job's value for each key: its override, else the option its config group took (e.g.
+    `bptt` -> `regular`, from .hydra/hydra.yaml), else the resolved config's leaf (unset keys are
+    filled with what the run used); 'default' only where none of them is known."""
     overrides = dict(map(split_override, job.overrides))
     out = {}
     for key in keys:
         if key == "sweep":
             out[key] = job.sweep
         elif key in overrides:
-            out[key] = overrides[key]
+            out[key] = canonical(overrides[key])
+        elif key in job.choices:
+            out[key] = job.choices[key]
         else:
             value: object = job.config
             for part in key.split("."):
                 value = value.get(part, {}) if isinstance(value, dict) else {}
-            out[key] = "default" if isinstance(value, (dict, list)) else \
-                json.dumps(value).strip('"')
+            out[key] = "default" if isinstance(value, (dict, list)) else canonical(value)
     return out

@@ -2,17 +2,19 @@
 
     python scripts/report.py outputs/multiruns/<date>/<time>
     python scripts/report.py SWEEP_A SWEEP_B --baseline outputs/ngram.json   # one combined table
+    # (in SWEEP_A/../report-A+B/; a baseline of other tokens or data than the runs' is refused)
 
     from rnnlab.analysis.report import write_report
     markdown, written = write_report([Path("outputs/multiruns/<date>/<time>")])
 
-Writes into the first sweep dir: report.md, one row per configuration (the values of the
-overrides that vary between jobs, seed excluded) sorted by best val/ppl, the best starred, mean
-± sample std over seeds; report.json, the same rows (inf/nan as null); val_ppl.png, factors.png
-grad_norm.png and grad_through_time.png (see rnnlab.analysis.figures); on a hparams_search dir
-also the trials ranked, best_experiment.yaml and search.png (rnnlab.analysis.search_report). Jobs
-without summary.json, still marked running (or killed), or with status failed are listed
-under "Missing / failed".
+Writes into the sweep dir (for several sweeps into a dir of its own beside the first,
+`report-A+B`, never over a sweep's own report): report.md, one row per configuration (the values
+of the overrides that vary between jobs, seed excluded) sorted by best val/ppl, the best
+starred, mean ± sample std over seeds; report.json, the same rows (inf/nan as null);
+val_ppl.png, factors.png, grad_norm.png and grad_through_time.png (rnnlab.analysis.figures);
+on a hparams_search dir also the trials ranked, best_experiment.yaml and search.png
+(rnnlab.analysis.search_report). Jobs without summary.json, still marked running (or killed),
+or with status failed are listed under "Missing / failed".
 """
 
 from __future__ import annotations
@@ -85,8 +87,10 @@ def aggregate(items: list[tuple[dict[str, str], dict]]) -> list[dict]:
     return rows
 
 
-def load_baseline(path: Path) -> dict:
-    """The "best" entry of scripts/corpus_stats.py's ngram.json: n, k, val_ppl, test_ppl."""
+def load_baseline(path: Path, jobs: list[Job] = ()) -> dict:
+    """The "best" entry of scripts/corpus_stats.py's ngram.json (n, k, val_ppl, test_ppl) and
+    its token kind. Refused when its data differ from a job's (BASELINE_DATA: another token kind,
+    text, preprocessing, length or split): its perplexity would not be comparable."""
     data = read_file(path, json.loads) if path.is_file() else None
     if data is None:
         raise ReportError(f"--baseline {path}: no such file or not JSON")
@@ -94,7 +98,37 @@ def load_baseline(path: Path) -> dict:
     if not isinstance(best, dict) or not isinstance(best.get("val_ppl"), (int, float)):
         raise ReportError(f"--baseline {path}: expected {{\"best\": {{\"n\", \"k\", \"val_ppl\", "
                           f"\"test_ppl\"}}}} as written by scripts/corpus_stats.py")
-    return best
+    for job in jobs:
+        runs = (job.config or {}).get("data")
+        if isinstance(runs, dict) and (differ := baseline_differences(data, runs)):
+            same = " ".join(f"data.{k}={'null' if runs.get(k) is None else runs[k]}"
+                            for k in ("token", "path", "preprocess", "max_tokens") if k in runs)
+            raise ReportError(
+                f"--baseline {path} is of other data than job {job.sweep}/{job.name} "
+                f"({'; '.join(differ)}): its perplexity is not comparable; make a baseline on "
+                f"the runs' data: python scripts/corpus_stats.py {same}")
+    return {**best, "token": data.get("token")}
+
+
+BASELINE_DATA = ("token", "path", "preprocess", "max_tokens", "splits", "min_freq")
+
+
+def baseline_differences(baseline: dict, runs: dict) -> list[str]:
+    """'key: baseline's value in the baseline, the run's in the runs' for each data setting of
+    BASELINE_DATA that differs; a key an older ngram.json lacks is not compared (token always)."""
+    out = []
+    for key in BASELINE_DATA:
+        if key not in baseline and key != "token":
+            continue
+        mine, theirs = baseline.get(key), runs.get(key)
+        if key == "path":  # the same file, however it was written
+            mine, theirs = (str(Path(p).expanduser().resolve()) if p else None
+                            for p in (mine, theirs))
+        if key == "splits" and mine is not None and theirs is not None:
+            mine, theirs = [float(x) for x in mine], [float(x) for x in theirs]
+        if mine != theirs:
+            out.append(f"data.{key}: {mine} in the baseline, {theirs} in the runs")
+    return out
 
 
 def _fmt(stat: dict, fmt: str | None) -> str:
@@ -129,7 +163,8 @@ def render_table(rows: list[dict], keys: list[str], baseline: dict | None = None
     if baseline:
         val, test = (_fmt(_mean_std([float(baseline[k])] if isinstance(
             baseline.get(k), (int, float)) else []), None) for k in ("val_ppl", "test_ppl"))
-        lines.append("| " + " | ".join([f"n-gram baseline (n={baseline.get('n')}, "
+        kind = f"{baseline['token']} tokens, " if baseline.get("token") else ""
+        lines.append("| " + " | ".join([f"n-gram baseline ({kind}n={baseline.get('n')}, "
                                         f"k={baseline.get('k')})", *[""] * (len(keys) + 1), val,
                                         val, test, *["-"] * (len(columns) - 3), "", ""]) + " |")
     return "\n".join(lines)
@@ -165,9 +200,18 @@ def missing_jobs(jobs: list[Job], keys: list[str]) -> list[dict]:
     return out
 
 
+def report_dir(sweep_dirs: list[Path]) -> Path:
+    """Where a report goes: one sweep's own dir; for several, a dir of its own beside the
+    first, `report-A+B`, so that a combined report never overwrites a sweep's report."""
+    if len(sweep_dirs) == 1:
+        return sweep_dirs[0]
+    return sweep_dirs[0].parent / ("report-" + "+".join(d.name for d in sweep_dirs))[:200]
+
+
 def write_report(sweep_dirs: list[Path], baseline: Path | None = None) -> tuple[str, list[Path]]:
-    """Read every job of every sweep dir, write report.md/.json and the plots into the first;
-    returns the markdown and the paths written. Raises ReportError on a dir that is no sweep."""
+    """Read every job of every sweep dir, write report.md/.json and the plots into the sweep dir
+    (several sweeps: `report_dir`); returns the markdown and the paths written. Raises
+    ReportError on a dir that is no sweep, or on a baseline of other data."""
     from rnnlab.analysis.figures import plot_grad_through_time, save_figures  # matplotlib: here
     from rnnlab.analysis.search_report import search_section  # optuna too
 
@@ -175,8 +219,8 @@ def write_report(sweep_dirs: list[Path], baseline: Path | None = None) -> tuple[
     names = [d.name for d in sweep_dirs]
     labels = [n if names.count(n) == 1 else str(d) for n, d in zip(names, sweep_dirs)]
     found = [(label, d, find_jobs(d)) for label, d in zip(labels, sweep_dirs)]
-    base = load_baseline(baseline) if baseline else None
     jobs = [load_job(label, d, j) for label, d, dirs in found for j in dirs]
+    base = load_baseline(baseline, jobs) if baseline else None
     keys = varied_keys(jobs)
     columns = (["sweep"] if len(sweep_dirs) > 1 else []) + keys
     finished = [j for j in jobs if j.summary is not None]
@@ -187,7 +231,8 @@ def write_report(sweep_dirs: list[Path], baseline: Path | None = None) -> tuple[
     missing = missing_jobs(jobs, keys)
     shared = sorted({o for j in jobs for o in j.overrides} - {
         o for j in jobs for o in j.overrides if split_override(o)[0] in keys + ["seed"]})
-    out_dir = sweep_dirs[0]
+    out_dir = report_dir(sweep_dirs)
+    out_dir.mkdir(exist_ok=True)
     plots = save_figures(jobs, columns, out_dir) + plot_grad_through_time(jobs, columns, out_dir)
     # a hparams_search sweep dir: its trials ranked, the best as an experiment overlay, search.png
     search_md, search_files, search = search_section(out_dir, jobs) if len(found) == 1 \

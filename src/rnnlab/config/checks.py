@@ -22,7 +22,7 @@ from pathlib import Path
 
 from rnnlab.errors import ConfigError
 
-PREPROCESS = ("letters", "none")
+PREPROCESS = ("letters", "unicode_letters", "none")
 TOKENS = ("char", "word")
 SAMPLING = ("random", "sequential")
 WINDOWS = ("regular", "randomized", "full")
@@ -208,10 +208,43 @@ def train_config(cfg) -> None:
     ev = cfg.get("eval")
     if ev is not None and ev.get("dynamic"):
         _dynamic_eval(ev, cfg)
-    ckpt = cfg.get("ckpt_path")
-    if ckpt is not None and not Path(ckpt).is_file():
-        raise ConfigError(f"ckpt_path={ckpt} does not exist; pass a run's "
-                          f"checkpoints/last.ckpt, or ckpt_path=null to start fresh")
+    if cfg.get("ckpt_path") is not None:
+        checkpoint_path(cfg.ckpt_path, "or ckpt_path=null to start fresh")
+    splits = data.get("splits")
+    if splits is not None and len(splits) == 3 and all(_number(x) for x in splits):
+        if splits[1] <= 0:
+            raise ConfigError(f"data.splits={list(splits)} leaves no validation split; training "
+                              f"keeps the checkpoint with the best val/ppl, so give val a "
+                              f"fraction, e.g. data.splits=[0.9,0.05,0.05]")
+        if splits[2] <= 0 and cfg.get("test", True):
+            raise ConfigError(f"data.splits={list(splits)} leaves no test split, but test=true; "
+                              f"give test a fraction, e.g. data.splits=[0.9,0.05,0.05], or set "
+                              f"test=false")
+
+
+def generate_checkpoint(cfg) -> None:
+    """generate.py's ckpt_path: given (it has no default), and a checkpoint file."""
+    from omegaconf import OmegaConf
+
+    if OmegaConf.is_missing(cfg, "ckpt_path") or cfg.ckpt_path is None:
+        raise ConfigError("ckpt_path is not set; pass the checkpoint to generate from, e.g. "
+                          "ckpt_path=outputs/runs/<date>/<time>/checkpoints/last.ckpt")
+    checkpoint_path(cfg.ckpt_path)
+
+
+def checkpoint_path(value, fix: str = "") -> None:
+    """A `ckpt_path` must be a checkpoint file; a run dir or its checkpoints/ dir is answered
+    with the file inside it to pass."""
+    path = Path(str(value)).expanduser()
+    if path.is_file():
+        return
+    if path.is_dir():
+        inside = next((p for p in (path / "checkpoints" / "last.ckpt", path / "last.ckpt")
+                       if p.is_file()), None)
+        where = f"pass ckpt_path={inside}" if inside else "pass a .ckpt file inside it"
+        raise ConfigError(f"ckpt_path={value} is a directory; {where}")
+    raise ConfigError(f"ckpt_path={value} does not exist; pass a run's checkpoints/last.ckpt"
+                      + (f", {fix}" if fix else ""))
 
 
 def _dynamic_eval(ev, cfg) -> None:
@@ -268,6 +301,9 @@ def config_problem(cfg) -> str | None:
                 positive_int(key, cfg[key])
         if cfg.get("temperature") is not None:
             temperature(cfg.temperature)
+        # generate.py; keys(): `in` is False for a missing (???) value, the case to answer
+        if cfg.get("bptt") is None and "ckpt_path" in cfg.keys():  # noqa: SIM118
+            generate_checkpoint(cfg)
     except ConfigError as e:
         return str(e)
     return None

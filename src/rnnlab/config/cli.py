@@ -68,7 +68,7 @@ def command_line_problem(conf_dir: Path, config_name: str, argv: list[str]) -> s
     try:
         overrides = OverridesParser.create().parse_overrides(args.overrides)
     except HydraException as e:
-        return _first_line(e)
+        return _unparsable(args.overrides) or _first_line(e)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
@@ -127,6 +127,17 @@ def _problem(config_name: str, overrides: list[Override], multirun: bool) -> str
     # multirun each job checks its own values and a bad one fails that job only (the others go on)
     return _unread_argument(cfg, added) or (None if multirun else config_problem(cfg)) \
         or _missing_gpu(cfg)
+
+
+def _unparsable(arguments: list[str]) -> str | None:
+    """What Hydra's override grammar refuses that users write: a home dir `~` (the shell expands
+    it only at the start of a word)."""
+    for arg in arguments:
+        key, _, value = arg.partition("=")
+        if value.startswith("~"):
+            return (f"{arg}: Hydra's override syntax takes no unquoted '~'; write "
+                    f"{key}=$HOME{value[1:]} or quote it: '{key}=\"{value}\"' (~ is expanded)")
+    return None
 
 
 def _values(o: Override) -> list[str] | None:

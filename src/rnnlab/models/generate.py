@@ -64,10 +64,8 @@ def generate(
 
 def load_checkpoint(path: str | Path, map_location: str = "cpu") -> LanguageModel:
     """Rebuild the model from the config and vocab stored in a training checkpoint."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"ckpt_path={path} does not exist; pass a .ckpt from a run's "
-                                f"checkpoints/ folder")
+    checks.checkpoint_path(path)  # a run dir: the message names its last.ckpt
+    path = Path(path).expanduser()
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=False)
         cfg = OmegaConf.create(upgrade_targets(ckpt["run_config"]))  # old names too

@@ -68,6 +68,8 @@ def claim_sweep_dir(sweep_dir: Path, identity: dict) -> None:
                  sweep_dir)
         return
     sweep_dir.mkdir(parents=True, exist_ok=True)
+    log.info("sweep dir %s (the same command with hydra.sweep.dir=%s finishes it if stopped; "
+             "python scripts/report.py %s reports on it)", sweep_dir, sweep_dir, sweep_dir)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(yaml.safe_dump(identity, sort_keys=False))
     tmp.replace(path)

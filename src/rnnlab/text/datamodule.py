@@ -21,8 +21,10 @@ partitioning a rank's rows continue exactly where its previous rows stopped.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
@@ -30,7 +32,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from rnnlab.config.checks import SAMPLING, text_data
 from rnnlab.text.corpus import read_text, resolve_corpus
-from rnnlab.text.vocab import Vocab, encode_corpus, preprocess
+from rnnlab.text.vocab import Vocab, encode_corpus, kept_share, preprocess
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -195,6 +199,7 @@ class TextDataModule(pl.LightningDataModule):
         # only how many batches (each with Lightning's per-batch cost) a validation takes
         self.eval_num_steps = eval_num_steps or num_steps
         self.vocab: Vocab | None = None
+        self.corpus_path: Path | None = None  # the file setup() read
         self.corpus: dict[str, torch.Tensor] = {}
         self.train_sampler: PlanSampler | None = None
         self._resume: dict | None = None
@@ -205,23 +210,35 @@ class TextDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.vocab is not None:
             return
-        path = resolve_corpus(self.path, self.data_dir)
-        text = preprocess(read_text(path), self.preprocess_mode)
+        path = self.corpus_path = resolve_corpus(self.path, self.data_dir)
+        raw = read_text(path)
+        text = preprocess(raw, self.preprocess_mode)
+        kept = kept_share(raw, text) if self.preprocess_mode != "none" else 1.0
+        # the book's `letters` keeps a-z only: a text in another script all but disappears
+        lost = "" if kept >= 0.5 else (
+            f"data.preprocess={self.preprocess_mode} kept {kept:.0%} of the non-blank "
+            f"characters of {path}: data.preprocess=unicode_letters keeps letters of any "
+            f"script, data.preprocess=none the text as is")
+        if lost:
+            log.warning(lost)
         ids, vocab = encode_corpus(text, self.token, self.splits[0], self.min_freq,
                                    self.reserved_tokens, self.max_tokens)
         if len(vocab) <= 1 + len(self.reserved_tokens):
             raise ValueError(f"the vocabulary of {path} holds only <unk> and reserved tokens; "
-                             f"lower data.min_freq={self.min_freq} or use a larger corpus")
+                             + (lost or f"lower data.min_freq={self.min_freq} or use a larger "
+                                        f"corpus"))
         n = len(ids)
         n_train, n_val = int(n * self.splits[0]), int(n * self.splits[1])
         self.corpus = {"train": ids[:n_train], "val": ids[n_train : n_train + n_val],
                        "test": ids[n_train + n_val :]}
         need = self.batch_size * (self.num_steps + 1) + self.num_steps
         if n_train < need:
+            fix = lost or (
+                f"lower data.batch_size={self.batch_size} or data.num_steps={self.num_steps}, "
+                f"or use a larger corpus")
             raise ValueError(
                 f"the training split of {path} has {n_train} tokens, fewer than one minibatch "
-                f"needs ({need} = batch_size*(num_steps+1)+num_steps); lower data.batch_size="
-                f"{self.batch_size} or data.num_steps={self.num_steps}, or use a larger corpus")
+                f"needs ({need} = batch_size*(num_steps+1)+num_steps); {fix}")
         eval_bs = self.eval_batch_size or self.batch_size
         for split in ("val", "test"):
             if self.splits[("val", "test").index(split) + 1] > 0 and \
@@ -231,6 +248,17 @@ class TextDataModule(pl.LightningDataModule):
                     f"eval batch size + 1 = {eval_bs + 1}; lower data.eval_batch_size or raise "
                     f"the {split} fraction in data.splits")
         self.vocab = vocab
+
+    def describe(self) -> dict:
+        """What the run is on: the file, preprocessing, token kind, vocabulary size, tokens per
+        split and the share of each split's tokens that are <unk> (out of vocabulary: unseen in
+        the training split, or rarer than data.min_freq)."""
+        unk = {split: round(float((ids == self.vocab.unk).sum()) / len(ids), 6) if len(ids)
+               else 0.0 for split, ids in self.corpus.items()}
+        return {"path": str(self.corpus_path), "token": self.token,
+                "preprocess": self.preprocess_mode, "vocab_size": len(self.vocab),
+                "tokens": {split: len(ids) for split, ids in self.corpus.items()},
+                "oov_rate": unk}
 
     def _loader(self, split: str) -> DataLoader:
         train = split == "train"

@@ -2,6 +2,7 @@
 
     from rnnlab.text.vocab import preprocess, encode_corpus
     text = preprocess(raw, "letters")                  # the book's: non-letters -> ' ', lower-case
+    text = preprocess(raw, "unicode_letters")          # the same, letters of any script kept
     ids, vocab = encode_corpus(text, "char", vocab_fraction=0.9)
 
 `encode_corpus` never builds a Python list of per-token ints: characters go through numpy code-point
@@ -12,6 +13,8 @@ as one small-integer array.
 from __future__ import annotations
 
 import json
+import re
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -29,9 +32,30 @@ UNK = "<unk>"
 _LETTERS = bytes(c + 32 if 65 <= c <= 90 else c if 97 <= c <= 122 else 32 for c in range(256))
 
 
+def _unicode_letters(text: str) -> str:
+    """Letters of any script (Unicode categories L*, and the marks M* that some scripts write
+    inside words), every other run of characters one space, lower-case."""
+    others = sorted(c for c in set(text) if unicodedata.category(c)[0] not in "LM")
+    if not others:
+        return text.lower()
+    return re.sub("[" + "".join(map(re.escape, others)) + "]+", " ", text).lower()
+
+
+def kept_share(raw: str, text: str) -> float:
+    """The share of the raw text's non-blank characters that preprocessing kept (1.0 for an
+    all-blank text): `letters` keeps nearly all of English prose, little of other scripts."""
+    blank = lambda t: sum(t.count(c) for c in " \n\t\r\f\v")
+    before = len(raw) - blank(raw)
+    return (len(text) - blank(text)) / before if before else 1.0
+
+
 def preprocess(text: str, mode: str) -> str:
     """`letters`: every run of non-letters becomes one space, lower-case (D2L's
-    `re.sub('[^A-Za-z]+', ' ', text).lower()`, vectorised over bytes). `none`: as is."""
+    `re.sub('[^A-Za-z]+', ' ', text).lower()`, vectorised over bytes): a-z only, so text in
+    other scripts (or accents) disappears. `unicode_letters`: the same with the letters of any
+    script (`Café 日本語` -> `café 日本語`). `none`: as is."""
+    if mode == "unicode_letters":
+        return _unicode_letters(text)
     if mode == "letters":
         codes = np.frombuffer(text.encode("utf-8").translate(_LETTERS), dtype=np.uint8)
         space = codes == 32

@@ -39,10 +39,12 @@ from rnnlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-# resources, resume machinery and file names, not the experiment: they may change between
-# launches (the best checkpoint's name format changed once; an old sweep still resumes)
+# resources, resume machinery, file names and the sample's prefix, not the experiment: they may
+# change between launches (the best checkpoint's name format and the prefix's default changed
+# once; an old sweep still resumes)
 IGNORED = ("retry_failed", "ckpt_path", "torch_threads", "paths", "data.data_dir",
-           "callbacks.checkpoint.filename", "kernels.cache_dir", "kernels.retime")
+           "callbacks.checkpoint.filename", "callbacks.sample_text.prefix", "kernels.cache_dir",
+           "kernels.retime")
 # what a resumed fit may not produce again (it had nothing left to train): kept from before
 CARRIED = ("final_val_ppl", "train_ppl", "tokens_per_s")
 

@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import RichProgressBar, Timer
 
 from rnnlab.config.build import build
-from rnnlab.config.checks import train_config
+from rnnlab.config.checks import checkpoint_path, train_config
 from rnnlab.config.cli import is_multirun
 from rnnlab.config.overrides import hydra_runtime, job_overrides
 from rnnlab.config.saved import save_config
@@ -47,7 +47,11 @@ from rnnlab.training.distributed import (
     pack_gpu,
 )
 from rnnlab.training.monitor import TrainingMonitor
-from rnnlab.training.preflight import check_full_bptt_memory, check_resume_checkpoint
+from rnnlab.training.preflight import (
+    check_full_bptt_memory,
+    check_resume_checkpoint,
+    resume_settings,
+)
 from rnnlab.training.probe_callback import GradientsThroughTime
 from rnnlab.training.relaunch import (
     carry_over,
@@ -170,6 +174,9 @@ def write_summary(out_dir: Path, summary: dict) -> Path:
 def train(cfg: DictConfig) -> float:
     """Fit and test one model; returns the best val/ppl (inf when there is none), or with
     `eval.dynamic` and/or `ngram_mix` set, the val/ppl of the strongest of those evaluations."""
+    if cfg.get("ckpt_path"):  # a resume takes the run's own settings (training.preflight)
+        checkpoint_path(cfg.ckpt_path)
+        resume_settings(cfg, job_overrides())
     out_dir = _run_dir(cfg)
     rank0 = env_rank(cfg.trainer) == 0  # under DDP only rank 0 writes summary.json/config.yaml
     # held while this job runs: a second launch of the sweep leaves the job alone
@@ -229,6 +236,7 @@ def _train(cfg: DictConfig, out_dir: Path, rank0: bool) -> float:
     # stop here, and stop a sweep too: the user asked for it. Ranks > 0 exit 0: Lightning's
     # observer kills every process when a child exits with an error, rank 0's summary included
     if stopper.received and rank0:
+        log.warning("%s stopped the run; %s", stopper.received, resume_hint(out_dir))
         stopper.hand_over()  # a cluster's time-limit signal: submitit requeues the job (exits)
         raise SystemExit(128 + signal.Signals[stopper.received].value)
     return objective(summary)
@@ -266,6 +274,9 @@ def _fit_and_test(cfg: DictConfig, out_dir: Path, summary: dict, rank0: bool = T
     dm = build(cfg.data)
     dm.prepare_data()
     dm.setup()
+    summary["data"] = dm.describe()
+    if rank0:
+        log.info(data_line(summary["data"], dense_one_hot(cfg.model)))
     if cfg.bptt.mode == "full":
         check_full_bptt_memory(cfg, len(dm.corpus["train"]), len(dm.vocab))
     model = build(cfg.model, vocab_size=len(dm.vocab))
@@ -332,6 +343,36 @@ def _fit_and_test(cfg: DictConfig, out_dir: Path, summary: dict, rank0: bool = T
         if isinstance(lg, RunLogger):  # the HParams tab's row for this run
             lg.log_session(cfg, summary, step=trainer.global_step)
     return stopper
+
+
+def dense_one_hot(model: DictConfig) -> bool:
+    """Whether the core multiplies whole one-hot vectors (nn.GRU/LSTM, the book's plain loop)
+    rather than looking rows up (the scratch RNN's fast path, our nn.RNN kernel on a CPU)."""
+    core = model.core
+    return not model.get("embedding_dim") and (core.get("kind") in ("gru", "lstm") or not core.get(
+        "fast", True) or core.get("cpu_kernel") == "torch")
+
+
+def data_line(data: dict, dense_one_hot: bool = False) -> str:
+    """One console line on what the run is on (summary.json's "data" holds the same); for words
+    fed to a core as dense one-hot vectors, the embedding that makes them cheap."""
+    tokens, oov = data["tokens"], data["oov_rate"]
+    line = (f"data: {data['path']} ({data['preprocess']}, {data['token']} tokens), vocabulary "
+            f"{data['vocab_size']}, tokens train/val/test {tokens['train']:,}/{tokens['val']:,}/"
+            f"{tokens['test']:,}, out of vocabulary {oov['train']:.2%}/{oov['val']:.2%}/"
+            f"{oov['test']:.2%}")
+    if data["token"] == "word" and dense_one_hot and data["vocab_size"] > 1000:
+        line += (f"; one-hot inputs over {data['vocab_size']:,} words make every step slow: "
+                 f"model.embedding_dim=128 gives the model an embedding")
+    return line
+
+
+def resume_hint(out_dir: Path) -> str:
+    """How to go on with a stopped run (a sweep's job: launch the same sweep again)."""
+    hc = hydra_runtime()
+    if is_multirun() and hc is not None:
+        return f"to finish the sweep, run the same command with hydra.sweep.dir={hc.sweep.dir}"
+    return f"resume it with: python scripts/train.py ckpt_path={out_dir}/checkpoints/last.ckpt"
 
 
 def device_line(trainer: pl.Trainer, precision: str | int) -> str | None:
