@@ -211,7 +211,7 @@ def _torch_step(W: torch.Tensor) -> Callable[..., torch.Tensor]:
 def step_matmul(W: torch.Tensor, rows: int, steps: int = 1) -> Callable[..., torch.Tensor]:
     """`(a, c, beta=1) -> beta * c + a @ W` for a W that a loop of `steps` steps multiplies by,
     `rows` = a's rows. With a bf16 W (and a), c and the result stay float32. oneDNN reorders W
-    once (0.4-1 ms), charged to the `steps` of the pass that times the choice.
+    once, charged to the `steps` of the pass that times the choice.
     Not differentiable: for use inside hand-written forward/backward passes."""
     if not onednn.applies(W, dtypes=(torch.float32, torch.bfloat16)):
         return _torch_step(W)
