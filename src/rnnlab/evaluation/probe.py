@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rnnlab.models.cores import ScratchRNN
+
 REACH_RATIO = 1e-3  # reach: the largest k with g(k) >= REACH_RATIO * g(0)
 GATES = {"rnn": ("",), "gru": ("r", "z", "n"), "lstm": ("i", "f", "g", "o")}  # torch's order
 
@@ -105,13 +107,49 @@ def _row_norms(grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
     return grad.movedim(-2, 0).reshape(grad.shape[-2], -1).norm(dim=1)
 
 
+def tanh_recurrent_matrix(core: nn.Module) -> torch.Tensor | None:
+    """W with h_t = tanh(a_t + h_{t-1} W) for a one-layer tanh core (ScratchRNN, nn.RNN with
+    one layer), else None."""
+    if isinstance(core, ScratchRNN):
+        return core.W_hh
+    rnn = getattr(core, "rnn", None)
+    if isinstance(rnn, nn.RNN) and rnn.num_layers == 1 and rnn.nonlinearity == "tanh":
+        return rnn.weight_hh_l0.T
+    return None
+
+
+def tanh_grad_norms(net: Net, X: torch.Tensor, Y: torch.Tensor, max_distance: int,
+                    W: torch.Tensor) -> dict[str, torch.Tensor]:
+    """`hidden_grad_norms` for a one-layer tanh core in one pass: the forward pass without a
+    graph, then dL/dh_{t-1} = (dL/dh_t * (1 - h_t^2)) W^T written out, one product a step (what
+    autograd computes, without building a graph step by step)."""
+    with torch.no_grad():
+        inputs = net.encode(X)
+        h, _ = net.core(inputs, net.begin_state(X.shape[0]))  # h[t] = h_(t+1)
+        logits = net.head(h[-1])
+        dlogits = torch.softmax(logits, -1)
+        dlogits[torch.arange(len(logits)), Y[:, -1].long()] -= 1  # d(summed CE)/dlogits
+        dh = dlogits @ net.head.weight
+        norms = [dh.norm(dim=1).mean()]
+        Wt = W.detach().T
+        for k in range(1, max_distance + 1):
+            h_t = h[len(h) - k]
+            dh = (dh * (1 - h_t * h_t)) @ Wt
+            norms.append(dh.norm(dim=1).mean())
+    return {"h": torch.stack(norms).cpu()}
+
+
 def hidden_grad_norms(net: Net, X: torch.Tensor, Y: torch.Tensor,
                       max_distance: int) -> dict[str, torch.Tensor]:
     """g(k) for k = 0..max_distance: the mean over rows of ||dL_T / ds_{T-k}|| for each state
     tensor s ("h"; "h" and "c" for an LSTM), L_T the loss at the last position. The core runs one
-    step at a time so that every step's state is a tensor of the graph; one backward pass.
+    step at a time so that every step's state is a tensor of the graph; one backward pass
+    (`tanh_grad_norms` does it in one pass without a graph for one-layer tanh cores).
     g_c(0) is NaN: the LSTM computes h_T from c_T inside its step, so the c_T it returns does not
     lead to L_T."""
+    W = tanh_recurrent_matrix(net.core)
+    if W is not None:
+        return tanh_grad_norms(net, X, Y, max_distance, W)
     inputs = net.encode(X)
     T, warm = len(inputs), len(inputs) - max_distance
     state = net.begin_state(X.shape[0])
