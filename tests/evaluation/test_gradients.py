@@ -245,6 +245,21 @@ def test_one_pass_tanh_g_of_k_equals_autograds_step_by_step(monkeypatch, name):
     torch.testing.assert_close(one_pass, step, rtol=1e-9, atol=0)
 
 
+@pytest.mark.parametrize("sigma", [0.1, 0.3])  # 0.1: g(150) far below float32's range
+def test_one_pass_in_float32_matches_float64_autograd(monkeypatch, sigma):
+    import rnnlab.evaluation.probe as probe_module
+
+    model = lm(partial(ScratchRNN, num_hiddens=16, sigma=sigma))
+    X, Y = probe_windows(torch.randint(0, V, (400,)), 200, 4)
+    low = hidden_grad_norms(model_copy(model, torch.float32, False), X, Y, 150)["h"]
+    monkeypatch.setattr(probe_module, "tanh_recurrent_matrix", lambda core: None)
+    exact = hidden_grad_norms(model_copy(model, torch.float64, False), X, Y, 150)["h"]
+    if sigma < 0.2:
+        assert 0 < float(exact[-1]) < 1e-45  # a float32 product chain would be 0 here
+    assert bool((low > 0).all())
+    torch.testing.assert_close(low, exact, rtol=1e-4, atol=0)
+
+
 def test_one_pass_is_only_for_one_layer_tanh_cores():
     from rnnlab.evaluation.probe import tanh_recurrent_matrix
 
