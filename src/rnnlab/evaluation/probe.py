@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -186,30 +187,47 @@ def hidden_grad_norms(net: Net, X: torch.Tensor, Y: torch.Tensor,
     return out
 
 
-def _weight_grad(net: Net, X: torch.Tensor, Y: torch.Tensor, window: int) -> torch.Tensor:
-    """The gradient of the mean token loss over the whole probe w.r.t. all weights, with the
-    state detached every `window` steps (as truncated BPTT trains), flattened into one vector."""
-    params = [p for m in (net.embedding, net.core, net.head) if m is not None
-              for p in m.parameters()]
-    inputs = net.encode(X)
-    state, total = net.begin_state(X.shape[0]), 0.0
-    for start in range(0, len(inputs), window):
-        state = tuple(s.detach() for s in state)
-        outputs, state = net.core(inputs[start : start + window], state)
-        logits = net.head(outputs).reshape(-1, net.vocab_size)
-        total = total + F.cross_entropy(logits, Y[:, start : start + window].T.reshape(-1).long(),
-                                        reduction="sum")
-    grads = torch.autograd.grad(total / Y.numel(), params, allow_unused=True)
-    return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1)
-                      for g, p in zip(grads, params)])
+class _Gate(torch.autograd.Function):
+    """The identity; its backward passes the gradient while `switch.open`, else zeros (what a
+    detach there would give), so one graph serves both backward passes of `beyond_window`."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, switch) -> torch.Tensor:
+        ctx.switch = switch
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return (grad if ctx.switch.open else torch.zeros_like(grad)), None
 
 
 def beyond_window(net: Net, X: torch.Tensor, Y: torch.Tensor, num_steps: int) -> float:
     """||G_full - G_window|| / ||G_full||: the share of the full-BPTT weight gradient of the
-    probe's loss that crosses a window boundary every `num_steps` steps, i.e. what truncated
-    BPTT throws away (regular windows; randomized windows of mean `num_steps` in expectation)."""
-    full = _weight_grad(net, X, Y, X.shape[1])
-    window = _weight_grad(net, X, Y, num_steps)
+    probe's mean token loss that crosses a window boundary every `num_steps` steps, i.e. what
+    truncated BPTT throws away (regular windows; randomized windows of mean `num_steps` in
+    expectation). One forward pass, window by window with a `_Gate` on the state between them,
+    and two backward passes through it: the gates open (full BPTT), then shut (the state
+    detached every `num_steps` steps, as truncated BPTT trains)."""
+    params = [p for m in (net.embedding, net.core, net.head) if m is not None
+              for p in m.parameters()]
+    inputs, switch = net.encode(X), SimpleNamespace(open=True)
+    state, total = net.begin_state(X.shape[0]), 0.0
+    for start in range(0, len(inputs), num_steps):
+        if start:
+            state = tuple(_Gate.apply(s, switch) for s in state)
+        outputs, state = net.core(inputs[start : start + num_steps], state)
+        logits = net.head(outputs).reshape(-1, net.vocab_size)
+        total = total + F.cross_entropy(
+            logits, Y[:, start : start + num_steps].T.reshape(-1).long(), reduction="sum")
+    loss = total / Y.numel()
+
+    def flat(grads) -> torch.Tensor:
+        return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1)
+                          for g, p in zip(grads, params)])
+
+    full = flat(torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True))
+    switch.open = False
+    window = flat(torch.autograd.grad(loss, params, allow_unused=True))
     return float((full - window).norm() / full.norm())
 
 
