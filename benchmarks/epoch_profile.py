@@ -35,6 +35,11 @@ GROUPS = {  # an action goes to the first group whose test matches it
 }
 
 
+# hooks that run inside run_training_batch (Lightning's optimizer closure): already counted there
+INSIDE_BATCH = ("optimizer_step", "backward", "training_step", "zero_grad", "clipping",
+                "on_before_optimizer_step", "on_after_backward", "on_before_backward")
+
+
 def parse(report: str) -> dict[str, tuple[float, int]]:
     """SimpleProfiler's table: action -> (total seconds, calls)."""
     out = {}
@@ -62,11 +67,17 @@ def summarise(actions: dict[str, tuple[float, int]]) -> dict:
     probes = max(actions.get("[Callback]GradientsThroughTime.on_train_start", (0, 0))[1]
                  + actions.get("[Callback]GradientsThroughTime.on_train_end", (0, 0))[1]
                  + epochs // 5, 1)
+    rest = sorted(((total / epochs, action) for action, (total, _) in actions.items()
+                   if action not in ("run_training_epoch", "run_training_batch")
+                   and not any(test(action) for test in GROUPS.values())
+                   and not any(word in action for word in INSIDE_BATCH)
+                   and "test" not in action), reverse=True)
     per_epoch = {k: v / epochs for k, v in groups.items() if k != "gradient probe"}
     listed = sum(per_epoch.values())
     return {"epochs": epochs, "epoch_s": epoch, "per_epoch_s": per_epoch,
             "share_of_epoch": {k: v / epoch for k, v in per_epoch.items()},
             "rest_of_epoch_s": epoch - listed,
+            "largest_rest_actions_s": {a: t for t, a in rest[:6]},
             "probe_s": groups["gradient probe"] / probes, "probes": probes,
             "probe_share_of_epoch": groups["gradient probe"] / probes / epoch}
 
@@ -104,6 +115,8 @@ def main() -> None:
         print(f"  {name:15s} {seconds:7.3f} s  {100 * result['share_of_epoch'][name]:5.1f}%")
     print(f"  {'rest':15s} {result['rest_of_epoch_s']:7.3f} s  "
           f"{100 * result['rest_of_epoch_s'] / result['epoch_s']:5.1f}%  (logging, hooks, loop)")
+    for action, seconds in result["largest_rest_actions_s"].items():
+        print(f"    {seconds:7.3f} s  {action[:90]}")
     print(f"gradient probe {result['probe_s']:.3f} s each ({result['probes']} probes), "
           f"{100 * result['probe_share_of_epoch']:.1f}% of an epoch")
     if args.out:
