@@ -37,7 +37,10 @@ def native_eval(inputs: torch.Tensor, h: torch.Tensor, W_hh: torch.Tensor) -> bo
 def tanh_native(inputs: torch.Tensor, h0: torch.Tensor, input_size: int, W_ih: torch.Tensor,
                 W_hh: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, State]:
     """H_t = tanh(X_t W_ih^T + b + H_{t-1} W_hh^T) by `torch.rnn_tanh`, in nn.RNN's weight layout
-    (W_ih (H, input_size), W_hh (H, H)); ids become one-hot rows, whose product is exact."""
+    (W_ih (H, input_size), W_hh (H, H)); ids become one-hot rows, whose product is exact.
+    Pass W_hh column-major (the transpose of a contiguous matrix): its one-row product per step
+    then runs faster than with nn.RNN's own row-major W_hh (measured: docs/performance.md,
+    "Issue 28")."""
     if not inputs.is_floating_point():
         inputs = F.one_hot(inputs.long(), input_size).to(h0.dtype)
     params = [W_ih, W_hh, b, torch.zeros_like(b)]
@@ -215,9 +218,15 @@ class TorchRNN(nn.Module):
             dropped = {f"weight_hh_l{i}": F.dropout(getattr(self.rnn, f"weight_hh_l{i}"),
                                                     self.weight_drop)
                        for i in range(self.num_layers)}
-        if self.kind == "rnn" and self.cpu_kernel == "rnnlab" and inputs.device.type == "cpu" \
-                and not native_eval(inputs, state[0], self.rnn.weight_hh_l0):
-            return self._tanh_layers(inputs, state[0], dropped)
+        if self.kind == "rnn" and self.cpu_kernel == "rnnlab" and inputs.device.type == "cpu":
+            if not native_eval(inputs, state[0], self.rnn.weight_hh_l0):
+                return self._tanh_layers(inputs, state[0], dropped)
+            if self.num_layers == 1:
+                r = self.rnn  # W_hh column-major, as ScratchRNN's: see tanh_native
+                outputs, (h,) = tanh_native(inputs, state[0][0], self.input_size, r.weight_ih_l0,
+                                            r.weight_hh_l0.T.contiguous().T,
+                                            r.bias_ih_l0 + r.bias_hh_l0)
+                return outputs, (h.unsqueeze(0),)
         if not inputs.is_floating_point():
             inputs = F.one_hot(inputs.long(), self.input_size).to(self.rnn.weight_hh_l0.dtype)
         hx = state if self.kind == "lstm" else state[0]
