@@ -226,6 +226,50 @@ def test_probe_works_with_a_core_whose_backward_refuses_eval_mode():
     assert 0 <= first.beyond_window <= 1
 
 
+@pytest.mark.parametrize("name", ["rnn_scratch", "rnn_1", "rnn_scratch_book"])
+def test_one_pass_tanh_g_of_k_equals_autograds_step_by_step(monkeypatch, name):
+    import rnnlab.evaluation.probe as probe_module
+
+    model = lm(partial(CORES[name], sigma=0.3) if "scratch" in name else CORES[name])
+    with torch.no_grad():  # large enough that g(k) decays slowly, not to rounding noise
+        for p in model.core.parameters():
+            p.mul_(3.0) if "scratch" not in name else None
+    X, Y = probe_windows(torch.randint(0, V, (300,)), 40, 4)
+    net = model_copy(model, torch.float64, False)
+    assert probe_module.tanh_recurrent_matrix(net.core) is not None
+    one_pass = hidden_grad_norms(net, X, Y, 30)["h"]
+    monkeypatch.setattr(probe_module, "tanh_recurrent_matrix", lambda core: None)
+    step = hidden_grad_norms(net, X, Y, 30)["h"]
+    assert one_pass.shape == step.shape == (31,)
+    assert one_pass[-1] > 1e-12 * one_pass[0]  # the comparison is not of numbers near zero
+    torch.testing.assert_close(one_pass, step, rtol=1e-9, atol=0)
+
+
+@pytest.mark.parametrize("sigma", [0.1, 0.3])  # 0.1: g(150) far below float32's range
+def test_one_pass_in_float32_matches_float64_autograd(monkeypatch, sigma):
+    import rnnlab.evaluation.probe as probe_module
+
+    model = lm(partial(ScratchRNN, num_hiddens=16, sigma=sigma))
+    X, Y = probe_windows(torch.randint(0, V, (400,)), 200, 4)
+    low = hidden_grad_norms(model_copy(model, torch.float32, False), X, Y, 150)["h"]
+    monkeypatch.setattr(probe_module, "tanh_recurrent_matrix", lambda core: None)
+    exact = hidden_grad_norms(model_copy(model, torch.float64, False), X, Y, 150)["h"]
+    if sigma < 0.2:
+        assert 0 < float(exact[-1]) < 1e-45  # a float32 product chain would be 0 here
+    assert bool((low > 0).all())
+    torch.testing.assert_close(low, exact, rtol=1e-4, atol=0)
+
+
+def test_one_pass_is_only_for_one_layer_tanh_cores():
+    from rnnlab.evaluation.probe import tanh_recurrent_matrix
+
+    for name in ("rnn_2", "gru_1", "lstm_1"):
+        assert tanh_recurrent_matrix(CORES[name](input_size=V)) is None
+    relu = TorchRNN("rnn", input_size=V, num_hiddens=4)
+    relu.rnn.nonlinearity = "relu"
+    assert tanh_recurrent_matrix(relu) is None
+
+
 def test_fast_and_book_scratch_paths_probe_the_same():
     X, Y = probe_windows(torch.randint(0, V, (300,)), 40, 4)
     fast, book = (probe(lm(CORES[n]), X, Y, 30, 8) for n in ("rnn_scratch", "rnn_scratch_book"))
@@ -287,7 +331,8 @@ def test_training_with_the_probe_ends_with_the_same_perplexity(cfg_factory, tmp_
     for tag in ("through_time/decay_per_step", "through_time/reach", "through_time/beyond_window",
                 "through_time/w_hh_sigma_max"):
         assert [e.step for e in acc.Scalars(tag)][0] == 0 and len(acc.Scalars(tag)) == 3, tag
-    assert len(acc.Images("through_time/g_k")) == 3  # epoch 0, 1, 2
+    images = acc.Images("through_time/g_k")  # once, at the end: every probe's curve in it
+    assert len(images) == 1 and images[0].step == acc.Scalars("through_time/reach")[-1].step
     assert a["grad_reach"] == acc.Scalars("through_time/reach")[-1].value
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from rnnlab.kernels.choice import stream_threads
+
 
 @torch.no_grad()
 def stream_log_probs(model: torch.nn.Module, ids: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
@@ -20,9 +22,10 @@ def stream_log_probs(model: torch.nn.Module, ids: torch.Tensor, chunk: int = 409
     device = next(model.parameters()).device
     state = tuple(s.to(device) for s in model.begin_state(1))
     out = []
-    for start in range(0, len(ids) - 1, chunk):
-        X = ids[start : min(start + chunk, len(ids) - 1)].view(1, -1).to(device)
-        logits, state = model(X, state)
-        out.append(F.log_softmax(logits.float(), -1).cpu())
+    with stream_threads(1, device):
+        for start in range(0, len(ids) - 1, chunk):
+            X = ids[start : min(start + chunk, len(ids) - 1)].view(1, -1).to(device)
+            logits, state = model(X, state)
+            out.append(F.log_softmax(logits.float(), -1).cpu())
     model.train(was_training)
     return torch.cat(out)

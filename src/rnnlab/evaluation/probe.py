@@ -15,7 +15,8 @@ in training mode"), so eval-mode copies crash the probe on a GPU. Turning cuDNN 
 would also work, but would measure other kernels than the ones trained with and flip a
 process-wide flag; train mode without dropout keeps the same kernels and touches nothing
 global. g(k) is computed in float64 because an untrained RNN's g(k) falls below float32's
-smallest number within a hundred steps.
+smallest number within a hundred steps; for one-layer tanh cores it is computed in one pass in
+float32, each step's gradient rescaled (`tanh_grad_norms`).
 """
 
 from __future__ import annotations
@@ -23,10 +24,13 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from rnnlab.models.cores import ScratchRNN
 
 REACH_RATIO = 1e-3  # reach: the largest k with g(k) >= REACH_RATIO * g(0)
 GATES = {"rnn": ("",), "gru": ("r", "z", "n"), "lstm": ("i", "f", "g", "o")}  # torch's order
@@ -34,7 +38,7 @@ GATES = {"rnn": ("",), "gru": ("r", "z", "n"), "lstm": ("i", "f", "g", "o")}  # 
 
 @dataclass
 class Net:
-    """The parts of a LanguageModel the probe needs (float64 copies)."""
+    """The parts of a LanguageModel the probe needs (float64 or float32 copies)."""
 
     embedding: nn.Embedding | None
     core: nn.Module
@@ -105,13 +109,56 @@ def _row_norms(grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
     return grad.movedim(-2, 0).reshape(grad.shape[-2], -1).norm(dim=1)
 
 
+def tanh_recurrent_matrix(core: nn.Module) -> torch.Tensor | None:
+    """W with h_t = tanh(a_t + h_{t-1} W) for a one-layer tanh core (ScratchRNN, nn.RNN with
+    one layer), else None."""
+    if isinstance(core, ScratchRNN):
+        return core.W_hh
+    rnn = getattr(core, "rnn", None)
+    if isinstance(rnn, nn.RNN) and rnn.num_layers == 1 and rnn.nonlinearity == "tanh":
+        return rnn.weight_hh_l0.T
+    return None
+
+
+def tanh_grad_norms(net: Net, X: torch.Tensor, Y: torch.Tensor, max_distance: int,
+                    W: torch.Tensor) -> dict[str, torch.Tensor]:
+    """`hidden_grad_norms` for a one-layer tanh core in one pass: the forward pass without a
+    graph, then dL/dh_{t-1} = (dL/dh_t * (1 - h_t^2)) W^T written out, one product a step (what
+    autograd computes, without building a graph step by step). Each row's gradient is scaled
+    back to norm 1 after every step and its log-norm summed in float64, so a float32 copy can
+    neither underflow nor overflow: float32 products (W fits a core's cache at 512 hidden,
+    float64's does not) at float32's precision, about 1e-6 relative in g(k)."""
+    with torch.no_grad():
+        inputs = net.encode(X)
+        h, _ = net.core(inputs, net.begin_state(X.shape[0]))  # h[t] = h_(t+1)
+        logits = net.head(h[-1])
+        dlogits = torch.softmax(logits, -1)
+        dlogits[torch.arange(len(logits)), Y[:, -1].long()] -= 1  # d(summed CE)/dlogits
+        dh = dlogits @ net.head.weight
+        log_scale = torch.zeros(len(dh), dtype=torch.float64, device=dh.device)
+        norms = [dh.double().norm(dim=1).mean()]
+        Wt = W.detach().T
+        for k in range(1, max_distance + 1):
+            h_t = h[len(h) - k]
+            dh = (dh * (1 - h_t * h_t)) @ Wt
+            n = dh.norm(dim=1)
+            log_scale = log_scale + n.double().log()  # -inf once a row's gradient is 0
+            norms.append(log_scale.exp().mean())
+            dh = dh / torch.where(n > 0, n, 1.0)[:, None]
+    return {"h": torch.stack(norms).cpu()}
+
+
 def hidden_grad_norms(net: Net, X: torch.Tensor, Y: torch.Tensor,
                       max_distance: int) -> dict[str, torch.Tensor]:
     """g(k) for k = 0..max_distance: the mean over rows of ||dL_T / ds_{T-k}|| for each state
     tensor s ("h"; "h" and "c" for an LSTM), L_T the loss at the last position. The core runs one
-    step at a time so that every step's state is a tensor of the graph; one backward pass.
+    step at a time so that every step's state is a tensor of the graph; one backward pass
+    (`tanh_grad_norms` does it in one pass without a graph for one-layer tanh cores).
     g_c(0) is NaN: the LSTM computes h_T from c_T inside its step, so the c_T it returns does not
     lead to L_T."""
+    W = tanh_recurrent_matrix(net.core)
+    if W is not None:
+        return tanh_grad_norms(net, X, Y, max_distance, W)
     inputs = net.encode(X)
     T, warm = len(inputs), len(inputs) - max_distance
     state = net.begin_state(X.shape[0])
@@ -140,33 +187,50 @@ def hidden_grad_norms(net: Net, X: torch.Tensor, Y: torch.Tensor,
     return out
 
 
-def _weight_grad(net: Net, X: torch.Tensor, Y: torch.Tensor, window: int) -> torch.Tensor:
-    """The gradient of the mean token loss over the whole probe w.r.t. all weights, with the
-    state detached every `window` steps (as truncated BPTT trains), flattened into one vector."""
-    params = [p for m in (net.embedding, net.core, net.head) if m is not None
-              for p in m.parameters()]
-    inputs = net.encode(X)
-    state, total = net.begin_state(X.shape[0]), 0.0
-    for start in range(0, len(inputs), window):
-        state = tuple(s.detach() for s in state)
-        outputs, state = net.core(inputs[start : start + window], state)
-        logits = net.head(outputs).reshape(-1, net.vocab_size)
-        total = total + F.cross_entropy(logits, Y[:, start : start + window].T.reshape(-1).long(),
-                                        reduction="sum")
-    grads = torch.autograd.grad(total / Y.numel(), params, allow_unused=True)
-    return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1)
-                      for g, p in zip(grads, params)])
+class _Gate(torch.autograd.Function):
+    """The identity; its backward passes the gradient while `switch.open`, else zeros (what a
+    detach there would give), so one graph serves both backward passes of `beyond_window`."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, switch) -> torch.Tensor:
+        ctx.switch = switch
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return (grad if ctx.switch.open else torch.zeros_like(grad)), None
 
 
 def beyond_window(net: Net, X: torch.Tensor, Y: torch.Tensor, num_steps: int | None) -> float:
     """||G_full - G_window|| / ||G_full||: the share of the full-BPTT weight gradient of the
-    probe's loss that crosses a window boundary every `num_steps` steps, i.e. what truncated
-    BPTT throws away (regular windows; randomized windows of mean `num_steps` in expectation).
-    None (bptt=full: no window) drops nothing: 0, not a number for some other window."""
+    probe's mean token loss that crosses a window boundary every `num_steps` steps, i.e. what
+    truncated BPTT throws away (regular windows; randomized windows of mean `num_steps` in
+    expectation). None (bptt=full: no window) drops nothing: 0, not a number for some other
+    window. One forward pass, window by window with a `_Gate` on the state between them, and two
+    backward passes through it: the gates open (full BPTT), then shut (the state detached every
+    `num_steps` steps, as truncated BPTT trains)."""
     if num_steps is None or num_steps >= X.shape[1]:
         return 0.0
-    full = _weight_grad(net, X, Y, X.shape[1])
-    window = _weight_grad(net, X, Y, num_steps)
+    params = [p for m in (net.embedding, net.core, net.head) if m is not None
+              for p in m.parameters()]
+    inputs, switch = net.encode(X), SimpleNamespace(open=True)
+    state, total = net.begin_state(X.shape[0]), 0.0
+    for start in range(0, len(inputs), num_steps):
+        if start:
+            state = tuple(_Gate.apply(s, switch) for s in state)
+        outputs, state = net.core(inputs[start : start + num_steps], state)
+        logits = net.head(outputs).reshape(-1, net.vocab_size)
+        total = total + F.cross_entropy(
+            logits, Y[:, start : start + num_steps].T.reshape(-1).long(), reduction="sum")
+    loss = total / Y.numel()
+
+    def flat(grads) -> torch.Tensor:
+        return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1)
+                          for g, p in zip(grads, params)])
+
+    full = flat(torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True))
+    switch.open = False
+    window = flat(torch.autograd.grad(loss, params, allow_unused=True))
     return float((full - window).norm() / full.norm())
 
 
@@ -252,7 +316,11 @@ def probe(model: nn.Module, X: torch.Tensor, Y: torch.Tensor, max_distance: int,
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
             torch.inference_mode(False), torch.enable_grad():
         X, Y = X.to(device), Y.to(device)
-        g = hidden_grad_norms(model_copy(model, torch.float64, False), X, Y, max_distance)
+        # float64 for autograd's g(k): an untrained RNN's falls below float32's smallest
+        # number within a hundred steps (the tanh path rescales instead)
+        low = tanh_recurrent_matrix(model.core) is not None
+        g = hidden_grad_norms(model_copy(model, torch.float32 if low else torch.float64, False),
+                              X, Y, max_distance)
         # a weight gradient is not near underflow: float32, as trained
         share = beyond_window(model_copy(model, torch.float32, True), X, Y, num_steps)
     spectra = {name: spectrum(W) for name, W in w_hh_blocks(model.core).items()}

@@ -291,6 +291,24 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.T
     return F.linear(x, weight, bias)
 
 
+# ---- threads for one stream ---------------------------------------------------------------------
+@contextlib.contextmanager
+def stream_threads(rows: int, device: torch.device | str) -> Iterator[None]:
+    """One thread while scoring `rows` <= 1 stream on a CPU, the count before restored after.
+    One stream's step is a (1 x H) @ (H x H) product that reads all of W_hh for H^2 multiply-adds:
+    split across threads, each step pays OpenMP's fork and join, and on a machine shared with
+    other work one descheduled thread stalls every step (docs/performance.md has the figures)."""
+    before = torch.get_num_threads()
+    one = rows <= 1 and torch.device(device).type == "cpu" and before > 1
+    if one:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if one:
+            torch.set_num_threads(before)
+
+
 # ---- precision --------------------------------------------------------------------------------
 def bf16_matrix_units() -> bool:
     """Whether this CPU multiplies bfloat16 in hardware (AMX or AVX512-BF16) and oneDNN can run

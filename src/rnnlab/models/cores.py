@@ -22,6 +22,33 @@ from rnnlab.kernels import choice as kernels
 State = tuple[torch.Tensor, ...]
 
 
+def native_eval(inputs: torch.Tensor, h: torch.Tensor, W_hh: torch.Tensor) -> bool:
+    """Whether a tanh recurrence may run on torch's fused `rnn_tanh` (a C++ loop over the steps)
+    instead of `TanhRecurrence`'s Python loop: scoring only (no graph wanted), on a CPU, in
+    float32 outside autocast. That is one-stream held-out evaluation (val/test, dynamic
+    evaluation's scoring, generation): one token per step, where Python's per-step work was a
+    large share of a step. The numbers agree with the step path to float32 rounding (tested in
+    tests/models/test_eval_path.py); training never takes this path."""
+    return (not torch.is_grad_enabled() and h.device.type == "cpu" and h.dtype == torch.float32
+            and W_hh.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+            and (not inputs.is_floating_point() or inputs.dtype == torch.float32))
+
+
+def tanh_native(inputs: torch.Tensor, h0: torch.Tensor, input_size: int, W_ih: torch.Tensor,
+                W_hh: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, State]:
+    """H_t = tanh(X_t W_ih^T + b + H_{t-1} W_hh^T) by `torch.rnn_tanh`, in nn.RNN's weight layout
+    (W_ih (H, input_size), W_hh (H, H)); ids become one-hot rows, whose product is exact.
+    Pass W_hh column-major (the transpose of a contiguous matrix): its one-row product per step
+    then runs faster than with nn.RNN's own row-major W_hh (measured: docs/performance.md,
+    "Issue 28")."""
+    if not inputs.is_floating_point():
+        inputs = F.one_hot(inputs.long(), input_size).to(h0.dtype)
+    params = [W_ih, W_hh, b, torch.zeros_like(b)]
+    outputs, h = torch.rnn_tanh(inputs, h0.unsqueeze(0), params, True, 1, 0.0, False, False,
+                                False)
+    return outputs, (h[0],)
+
+
 class TanhRecurrence(torch.autograd.Function):
     """H_t = tanh(XW_t + H_{t-1} W_hh) over all steps, with a hand-written backward pass.
 
@@ -101,6 +128,8 @@ class ScratchRNN(nn.Module):
     scaled by 1 / keep_prob, so the expected gradient equals the full gradient of the window.
     The state is still detached between windows, so nothing flows further back than with regular
     truncation (the gradient probe's through_time/beyond_window shows what both drop).
+    Scoring without a graph in float32 (`native_eval`: validation, test, generation) runs the
+    fast path's recurrence in torch's fused `rnn_tanh` with these weights.
     """
 
     def __init__(self, input_size: int, num_hiddens: int = 512, fast: bool = True,
@@ -126,6 +155,8 @@ class ScratchRNN(nn.Module):
 
     def forward(self, inputs: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         (H,) = state
+        if self.fast and native_eval(inputs, H, self.W_hh):
+            return tanh_native(inputs, H, self.input_size, self.W_xh.T, self.W_hh.T, self.b_h)
         xw = self.input_projection(inputs)
         keep = None
         if self.training and self.keep_prob < 1.0:  # drawn on the CPU: no device sync per step
@@ -159,7 +190,8 @@ class TorchRNN(nn.Module):
     `cpu_kernel="rnnlab"` (default) runs `rnn` on a CPU through `TanhRecurrence`: the same
     parameters and math (tanh, the two biases summed), without nn.RNN's CPU kernel's autograd
     step by step (benchmarks/bench.py measures both: its `rnn_torch_kernel` row).
-    `cpu_kernel="torch"` keeps nn.RNN's own kernel.
+    `cpu_kernel="torch"` keeps nn.RNN's own kernel. Scoring without a graph in float32
+    (`native_eval`) uses nn.RNN's own kernel either way: a C++ loop, no per-step Python.
     """
 
     KINDS = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
@@ -187,7 +219,14 @@ class TorchRNN(nn.Module):
                                                     self.weight_drop)
                        for i in range(self.num_layers)}
         if self.kind == "rnn" and self.cpu_kernel == "rnnlab" and inputs.device.type == "cpu":
-            return self._tanh_layers(inputs, state[0], dropped)
+            if not native_eval(inputs, state[0], self.rnn.weight_hh_l0):
+                return self._tanh_layers(inputs, state[0], dropped)
+            if self.num_layers == 1:
+                r = self.rnn  # W_hh column-major, as ScratchRNN's: see tanh_native
+                outputs, (h,) = tanh_native(inputs, state[0][0], self.input_size, r.weight_ih_l0,
+                                            r.weight_hh_l0.T.contiguous().T,
+                                            r.bias_ih_l0 + r.bias_hh_l0)
+                return outputs, (h.unsqueeze(0),)
         if not inputs.is_floating_point():
             inputs = F.one_hot(inputs.long(), self.input_size).to(self.rnn.weight_hh_l0.dtype)
         hx = state if self.kind == "lstm" else state[0]

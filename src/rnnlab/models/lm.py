@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rnnlab.config.checks import language_model
-from rnnlab.kernels.choice import linear
+from rnnlab.kernels.choice import linear, stream_threads
 from rnnlab.models.clipping import clip_grad_norm_book, global_grad_norm
 from rnnlab.models.cores import ScratchRNN, State, detach_state
 from rnnlab.models.perplexity import HeldOutScore
@@ -154,7 +154,8 @@ class LanguageModel(pl.LightningModule):
     def _eval_step(self, batch) -> None:
         # float32 under bf16 training too: the same scores as the stream evaluations (dynamic,
         # n-gram mix) of the same weights; one stream at batch 1 gains nothing from bf16
-        with torch.autocast(self.device.type, enabled=False):
+        with torch.autocast(self.device.type, enabled=False), \
+                stream_threads(batch[0].shape[0], self.device):
             self.score.add(*self._loss(batch, carry=True))
 
     def _eval_end(self, split: str) -> None:

@@ -5,11 +5,12 @@
 Probes before training (epoch 0), after every `every_n_epochs`-th epoch and after the last one,
 on `rows` fixed windows of the validation split, with full BPTT through them. Logs the scalars
 through_time/decay_per_step, .../reach, .../beyond_window, .../w_hh_sigma_max, .../w_hh_radius
-(for an LSTM also .../decay_per_step_c and .../reach_c; per gate block for GRU/LSTM) and one
-image, through_time/g_k: g(k) on a log scale, one line per probed epoch, beside a heat map of
-log10 g(k) over epochs x distance. The group's name sorts after `perplexity`, which TensorBoard's
-Time Series must show first. `summary()` is the last probe's numbers, for summary.json (grad_*).
-With `bptt=full` nothing is truncated: beyond_window is 0 and grad_window null (no window).
+(for an LSTM also .../decay_per_step_c and .../reach_c; per gate block for GRU/LSTM) at each
+probe and, when training ends, one image, through_time/g_k: g(k) on a log scale, one line per
+probed epoch, beside a heat map of log10 g(k) over epochs x distance. The group's name sorts
+after `perplexity`, which TensorBoard's Time Series must show first. `summary()` is the last
+probe's numbers, for summary.json (grad_*). With `bptt=full` nothing is truncated:
+beyond_window is 0 and grad_window null (no window).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class GradientsThroughTime(pl.Callback):
         self.history: list[tuple[int, dict[str, torch.Tensor]]] = []  # (epoch, g) per probe
         self.last: dict = {}
         self.seconds: list[float] = []
+        self.image_seconds = 0.0
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         dm = getattr(trainer, "datamodule", None)
@@ -88,6 +90,16 @@ class GradientsThroughTime(pl.Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.history or self.history[-1][0] != trainer.current_epoch:
             self._probe(trainer, pl_module, trainer.current_epoch)  # the final weights
+        if not self.history:
+            return
+        # the image once, at the end: it draws every probe's curve, so one drawn at each probe
+        # held nothing the last one lacks, and drawing it (matplotlib) cost as much as g(k)
+        t0 = time.perf_counter()
+        for logger in trainer.loggers:
+            if hasattr(logger.experiment, "add_image"):
+                logger.experiment.add_image(f"{GROUP}/g_k", self.image(), trainer.global_step,
+                                            dataformats="HWC")
+        self.image_seconds = time.perf_counter() - t0
 
     def _probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
         if self.X is None:  # no datamodule: nothing to probe with
@@ -100,9 +112,6 @@ class GradientsThroughTime(pl.Callback):
         for logger in trainer.loggers:
             logger.log_metrics({f"{GROUP}/{k}": v for k, v in scalars.items()},
                                step=trainer.global_step)
-            if hasattr(logger.experiment, "add_image"):
-                logger.experiment.add_image(f"{GROUP}/g_k", self.image(), trainer.global_step,
-                                            dataformats="HWC")
         self.seconds.append(time.perf_counter() - t0)
         beyond = (f"{100 * scalars['beyond_window']:.1f}% of the gradient beyond a "
                   f"{self.num_steps}-step window" if self.num_steps is not None
