@@ -72,9 +72,10 @@ def config_differences(old: dict, new: dict) -> list[str]:
 
 def objective(summary: dict) -> float:
     """What train() returns to a sweeper for a job: the val/ppl of its strongest evaluation
-    (dynamic evaluation mixed with the n-gram, the mixture, dynamic evaluation, or the best
-    checkpoint's), inf when there is none."""
-    best = next((summary[k] for k in ("val_ppl_dyn_mix", "val_ppl_mix", "val_ppl_dyn")
+    (the online mixture, dynamic evaluation mixed with the n-gram, the mixture, dynamic
+    evaluation, or the best checkpoint's), inf when there is none."""
+    best = next((summary[k] for k in ("val_ppl_online", "val_ppl_dyn_mix", "val_ppl_mix",
+                                      "val_ppl_dyn")
                  if summary.get(k) is not None), summary.get("best_val_ppl"))
     return float(best) if isinstance(best, (int, float)) and math.isfinite(best) else math.inf
 
