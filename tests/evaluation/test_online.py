@@ -14,11 +14,13 @@ import torch
 from rnnlab.errors import ConfigError
 from rnnlab.evaluation.adaptive_eval import evaluate_adaptive
 from rnnlab.evaluation.adaptive_ngram import adaptive_stream_probs
-from rnnlab.evaluation.dynamic_krause import (evaluate_krause, krause_log_probs,
-                                              training_gradient_rms)
+from rnnlab.evaluation.dynamic_krause import (
+    evaluate_krause,
+    krause_log_probs,
+    training_gradient_rms,
+)
 from rnnlab.evaluation.heldout import stream_log_probs
-from rnnlab.evaluation.online_mixture import (initial_weights, mixture_features,
-                                              online_mixture)
+from rnnlab.evaluation.online_mixture import initial_weights, mixture_features, online_mixture
 from rnnlab.models.cores import TorchRNN
 from rnnlab.models.kneser_ney import KneserNeyLM
 from rnnlab.models.lm import LanguageModel

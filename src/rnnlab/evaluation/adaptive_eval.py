@@ -1,4 +1,4 @@
-"""Every part learns from what it has read: the wiring of `ngram_mix.online` (the `best` experiment).
+"""Every part learns from what it has read: the wiring of `ngram_mix.online` (experiment=best).
 
     found, log_probs = evaluate_dynamic_rules(model, dm.corpus, cfg.eval)  # both rules, the
     # better on val: found["dyn_rule"] is "rms" (evaluation.dynamic) or "krause" (dynamic_krause)
@@ -57,6 +57,40 @@ def evaluate_dynamic_rules(model: torch.nn.Module, corpus: dict[str, torch.Tenso
     return found, log_probs
 
 
+def expert_streams(model: torch.nn.Module, ids: torch.Tensor, kn: KneserNeyLM,
+                   dynamic: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(K, L-1, V) log-probabilities of ids[1:] from every expert (the static LSTM, the dynamic
+    one when given, the static and the adaptive n-gram, in this order) and (L-1, F) features."""
+    lstm = stream_log_probs(model, ids).double().numpy()
+    dyn = dynamic.double().numpy() if dynamic is not None else None
+    static = np.log(kn.stream_probs(ids))
+    probs, matched = adaptive_stream_probs(kn, ids)
+    adaptive = np.log(probs)
+    experts = np.stack([e for e in (lstm, dyn, static, adaptive) if e is not None])
+    return experts, mixture_features(dyn if dyn is not None else lstm, adaptive, matched, kn.order)
+
+
+def online_choice(experts: dict[str, np.ndarray], features: dict[str, np.ndarray],
+                  targets: dict[str, np.ndarray], lrs: tuple[float, ...] = LEARNING_RATES,
+                  passes: int = 2) -> tuple[dict[str, float], dict[float, float]]:
+    """The online mixture's learning rate chosen on val (read from the geometric mean), test read
+    from the weights val taught (`passes` passes at that rate); the val/ppl of every rate tried."""
+    W0 = initial_weights(len(experts["val"]), features["val"].shape[1])
+    tried = {}
+    for lr in lrs:
+        logp, _ = online_mixture(experts["val"], features["val"], targets["val"], W0, lr)
+        tried[lr] = _ppl_of(logp, targets["val"])
+    lr = min(tried, key=tried.get)
+    result = {"val/ppl_online": tried[lr], "online_lr": lr}
+    if "test" in experts:
+        W = W0
+        for _ in range(passes):
+            _, W = online_mixture(experts["val"], features["val"], targets["val"], W, lr)
+        logp, _ = online_mixture(experts["test"], features["test"], targets["test"], W, lr)
+        result["test/ppl_online"] = _ppl_of(logp, targets["test"])
+    return result, tried
+
+
 def evaluate_adaptive(model: torch.nn.Module, corpus: dict[str, torch.Tensor], vocab_size: int,
                       order: int = 10, dynamic: dict[str, torch.Tensor] | None = None,
                       lrs: tuple[float, ...] = LEARNING_RATES, passes: int = 2
@@ -70,16 +104,10 @@ def evaluate_adaptive(model: torch.nn.Module, corpus: dict[str, torch.Tensor], v
     experts, features, targets = {}, {}, {}
     result: dict[str, float] = {}
     for s in splits:
-        ids = corpus[s]
-        lstm = stream_log_probs(model, ids).double().numpy()
-        dyn = dynamic[s].double().numpy() if dynamic is not None else None
-        static = np.log(kn.stream_probs(ids))
-        probs, matched = adaptive_stream_probs(kn, ids)
-        adaptive = np.log(probs)
-        experts[s] = np.stack([e for e in (lstm, dyn, static, adaptive) if e is not None])
-        features[s] = mixture_features(dyn if dyn is not None else lstm, adaptive, matched, order)
-        targets[s] = ids[1:].numpy().astype(np.int64)
-        result[f"{s}/ppl_ngram_adaptive"] = _ppl_of(adaptive, targets[s])
+        experts[s], features[s] = expert_streams(model, corpus[s], kn,
+                                                 dynamic[s] if dynamic is not None else None)
+        targets[s] = corpus[s][1:].numpy().astype(np.int64)
+        result[f"{s}/ppl_ngram_adaptive"] = _ppl_of(experts[s][-1], targets[s])
     # the adaptive n-gram in the static mixture's place: one weight on the (dynamic) LSTM
     rnn = {s: torch.from_numpy(experts[s][1 if dynamic is not None else 0]) for s in splits}
     ngram = {s: torch.from_numpy(experts[s][-1]) for s in splits}
@@ -88,20 +116,8 @@ def evaluate_adaptive(model: torch.nn.Module, corpus: dict[str, torch.Tensor], v
     result["adapt_mix_weight"] = a
     for s in splits:
         result[f"{s}/ppl_adapt_mix"] = _ppl(rnn[s], ngram[s], y[s], a)
-    # the online mixture: its learning rate chosen on val, read from the geometric mean
-    W0 = initial_weights(len(experts["val"]), features["val"].shape[1])
-    tried = {}
-    for lr in lrs:
-        logp, _ = online_mixture(experts["val"], features["val"], targets["val"], W0, lr)
-        tried[lr] = _ppl_of(logp, targets["val"])
-    lr = min(tried, key=tried.get)
-    result.update({"val/ppl_online": tried[lr], "online_lr": lr})
-    if "test" in splits:
-        W = W0
-        for _ in range(passes):  # what val teaches, at the chosen rate
-            _, W = online_mixture(experts["val"], features["val"], targets["val"], W, lr)
-        logp, _ = online_mixture(experts["test"], features["test"], targets["test"], W, lr)
-        result["test/ppl_online"] = _ppl_of(logp, targets["test"])
+    online, tried = online_choice(experts, features, targets, lrs, passes)
+    result.update(online)
     log.info("adaptive %d-gram and online mixture (val/ppl by online lr: %s): %s", order,
              ", ".join(f"{k:g} {v:.4f}" for k, v in tried.items()),
              ", ".join(f"{k} {v:.4f}" for k, v in result.items()))

@@ -49,7 +49,7 @@ class _Overlay:
         return (base[w] if base else 0) + (extra[w] if extra else 0)
 
     def probs(self, context: tuple) -> tuple[np.ndarray, int]:
-        """KneserNeyLM.probs over the merged counts, and the longest order whose context was seen."""
+        """KneserNeyLM.probs over the merged counts, and the longest order with its context seen."""
         kn = self.kn
         p = np.full(kn.V, 1.0 / kn.V)
         matched = 0
