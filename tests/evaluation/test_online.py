@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from rnnlab.errors import ConfigError
-from rnnlab.evaluation.adaptive_eval import evaluate_adaptive
+from rnnlab.evaluation.adaptive_eval import evaluate_adaptive, expert_streams
 from rnnlab.evaluation.adaptive_ngram import adaptive_stream_probs
 from rnnlab.evaluation.dynamic_krause import (
     evaluate_krause,
@@ -130,10 +130,11 @@ def test_online_mixture_learns_to_trust_the_expert_that_is_right():
 def test_mixture_features_say_how_sure_and_how_much_context():
     sure = np.log(np.eye(V)[[0, 1]] * 0.99 + 0.01 / V)
     uniform = np.full((2, V), -np.log(V))
-    f = mixture_features(sure, uniform, np.array([1, 3]), order=3)
-    assert f.shape == (2, 6) and (f[:, 0] == 1).all()
+    f = mixture_features(sure, uniform, np.array([1, 3]), order=3, last=np.array([4, 0]))
+    assert f.shape == (2, 6 + V) and (f[:, 0] == 1).all()
     assert f[0, 1] < 0.1 and f[0, 2] == pytest.approx(1.0)
-    np.testing.assert_array_equal(f[:, 3:], [[1, 0, 0], [0, 0, 1]])
+    np.testing.assert_array_equal(f[:, 3:6], [[1, 0, 0], [0, 0, 1]])
+    np.testing.assert_array_equal(f[:, 6:].argmax(1), [4, 0])
 
 
 # ---- Krause et al.'s dynamic evaluation ----------------------------------------------------------
@@ -161,6 +162,21 @@ def test_krause_dynamic_evaluation_learns_a_repeat_and_chooses_on_val():
 
 
 # ---- the wiring ---------------------------------------------------------------------------------
+def test_every_expert_and_feature_row_is_causal():
+    model, kn = tiny_lstm(), KneserNeyLM(ids_of(300, 13), order=3, vocab_size=V)
+    ids, p = ids_of(50, 14), 30
+    dyn = krause_log_probs(model, ids, [torch.ones_like(q) for q in model.parameters()], 0.01)
+    E, F = expert_streams(model, ids, kn, dyn)
+    changed = changed_at(ids, p)
+    E2, F2 = expert_streams(model, changed, kn, krause_log_probs(
+        model, changed, [torch.ones_like(q) for q in model.parameters()], 0.01))
+    assert E.shape == (4, 49, V) and F.shape[0] == 49
+    np.testing.assert_array_equal(E[:, :p], E2[:, :p])
+    np.testing.assert_array_equal(F[:p], F2[:p])
+    assert not np.array_equal(E[:, p:], E2[:, p:]) and not np.array_equal(F[p:], F2[p:])
+    np.testing.assert_allclose(np.exp(E).sum(-1), 1.0, atol=1e-6)
+
+
 def test_adaptive_evaluation_chooses_on_val_and_test_changes_nothing_chosen():
     model = tiny_lstm()
     pattern = ids_of(12, 10)
@@ -172,7 +188,8 @@ def test_adaptive_evaluation_chooses_on_val_and_test_changes_nothing_chosen():
     assert r["val/ppl_online"] <= r["val/ppl_adapt_mix"] * 1.05
     other = dict(corpus, test=ids_of(96, 12))
     r2 = evaluate_adaptive(model, other, vocab_size=V, order=4)
-    for key in ("online_lr", "adapt_mix_weight", "val/ppl_online", "val/ppl_adapt_mix"):
+    for key in ("online_lr", "online_experts", "adapt_mix_weight", "val/ppl_online",
+                "val/ppl_adapt_mix"):
         assert r2[key] == r[key], key
     assert r2["test/ppl_online"] != r["test/ppl_online"]
 

@@ -10,16 +10,18 @@ Each split is scored once per expert, every expert causal on its own: the LSTM a
 (static), the LSTM under dynamic evaluation (when given), the Kneser-Ney n-gram of the training
 split (static) and the same n-gram counting the split as it scores it (evaluation.adaptive_ngram).
 evaluation.online_mixture combines them with weights that depend on the context (the dynamic
-LSTM's and the adaptive n-gram's entropies, the longest n-gram context seen) and learn from every
-scored token. Its learning rate is chosen on val (read online from the experts' geometric mean);
-test starts from the weights val taught (`passes` online passes over val at that rate) and keeps
-learning as it reads. Test is scored once. Beside it, for the record of what each part adds:
-the adaptive n-gram alone and its log-linear mixture with the (dynamic) LSTM at one weight
-chosen on val (`adapt_mix`, the static `ngram_mix` with adaptive counts).
+LSTM's and the adaptive n-gram's entropies, the longest n-gram context seen, the context's last
+token) and learn from every scored token. Its learning rate, and whether it mixes all four
+experts or only the two that adapt, are chosen on val (read online from the experts' geometric
+mean); test starts from the weights val taught (`passes` online passes over val at that rate)
+and keeps learning as it reads. Test is scored once. Beside it, for the record of what each
+part adds: the adaptive n-gram alone and its log-linear mixture with the (dynamic) LSTM at one
+weight chosen on val (`adapt_mix`, the static `ngram_mix` with adaptive counts).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 
 import numpy as np
@@ -34,7 +36,7 @@ from rnnlab.evaluation.online_mixture import initial_weights, mixture_features, 
 from rnnlab.models.kneser_ney import KneserNeyLM
 
 log = logging.getLogger(__name__)
-LEARNING_RATES = (0.0, 0.003, 0.01, 0.03, 0.1)
+LEARNING_RATES = (0.0, 0.001, 0.002, 0.004, 0.008)
 
 
 def _ppl_of(logp: np.ndarray, y: np.ndarray) -> float:
@@ -67,26 +69,34 @@ def expert_streams(model: torch.nn.Module, ids: torch.Tensor, kn: KneserNeyLM,
     probs, matched = adaptive_stream_probs(kn, ids)
     adaptive = np.log(probs)
     experts = np.stack([e for e in (lstm, dyn, static, adaptive) if e is not None])
-    return experts, mixture_features(dyn if dyn is not None else lstm, adaptive, matched, kn.order)
+    return experts, mixture_features(dyn if dyn is not None else lstm, adaptive, matched, kn.order,
+                                     ids[:-1].numpy())  # row t's context ends with ids[t]
 
 
 def online_choice(experts: dict[str, np.ndarray], features: dict[str, np.ndarray],
                   targets: dict[str, np.ndarray], lrs: tuple[float, ...] = LEARNING_RATES,
-                  passes: int = 2) -> tuple[dict[str, float], dict[float, float]]:
-    """The online mixture's learning rate chosen on val (read from the geometric mean), test read
-    from the weights val taught (`passes` passes at that rate); the val/ppl of every rate tried."""
-    W0 = initial_weights(len(experts["val"]), features["val"].shape[1])
+                  passes: int = 2) -> tuple[dict, dict[tuple[str, float], float]]:
+    """The online mixture's experts and learning rate chosen on val (read from the geometric
+    mean), test read from the weights val taught (`passes` passes at that rate); the val/ppl of
+    every (experts, rate) tried."""
+    K = len(experts["val"])
+    # every expert, or the two that adapt (the last LSTM, the adaptive n-gram): fewer weights
+    # to learn from 8k tokens can beat more experts
+    subsets = {"all": list(range(K)), "adaptive": [K - 3, K - 1]} if K > 2 else \
+        {"all": list(range(K))}
     tried = {}
-    for lr in lrs:
-        logp, _ = online_mixture(experts["val"], features["val"], targets["val"], W0, lr)
-        tried[lr] = _ppl_of(logp, targets["val"])
-    lr = min(tried, key=tried.get)
-    result = {"val/ppl_online": tried[lr], "online_lr": lr}
+    for (name, keep), lr in itertools.product(subsets.items(), lrs):
+        W0 = initial_weights(len(keep), features["val"].shape[1])
+        logp, _ = online_mixture(experts["val"][keep], features["val"], targets["val"], W0, lr)
+        tried[(name, lr)] = _ppl_of(logp, targets["val"])
+    name, lr = min(tried, key=tried.get)
+    result = {"val/ppl_online": tried[(name, lr)], "online_lr": lr, "online_experts": name}
+    keep = subsets[name]
     if "test" in experts:
-        W = W0
+        W = initial_weights(len(keep), features["val"].shape[1])
         for _ in range(passes):
-            _, W = online_mixture(experts["val"], features["val"], targets["val"], W, lr)
-        logp, _ = online_mixture(experts["test"], features["test"], targets["test"], W, lr)
+            _, W = online_mixture(experts["val"][keep], features["val"], targets["val"], W, lr)
+        logp, _ = online_mixture(experts["test"][keep], features["test"], targets["test"], W, lr)
         result["test/ppl_online"] = _ppl_of(logp, targets["test"])
     return result, tried
 
@@ -118,7 +128,8 @@ def evaluate_adaptive(model: torch.nn.Module, corpus: dict[str, torch.Tensor], v
         result[f"{s}/ppl_adapt_mix"] = _ppl(rnn[s], ngram[s], y[s], a)
     online, tried = online_choice(experts, features, targets, lrs, passes)
     result.update(online)
-    log.info("adaptive %d-gram and online mixture (val/ppl by online lr: %s): %s", order,
-             ", ".join(f"{k:g} {v:.4f}" for k, v in tried.items()),
-             ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
+    log.info("adaptive %d-gram and online mixture (val/ppl by experts, lr: %s): %s", order,
+             ", ".join(f"{n} {lr:g} {v:.4f}" for (n, lr), v in tried.items()),
+             ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                       for k, v in result.items()))
     return result

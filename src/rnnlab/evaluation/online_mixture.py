@@ -15,7 +15,7 @@ loss is convex in W (a log-sum-exp of linear functions minus a linear one), so p
 gradient descent is a sound learner. Row t never depends on targets t, t+1, ...: the features
 and experts must be causal themselves (see evaluation/adaptive_eval.py).
 
-    mixture_features(lstm_logp, ngram_logp, matched, order)   # the features adaptive_eval uses
+    mixture_features(lstm_logp, ngram_logp, matched, order, ids[:-1])  # adaptive_eval's
 """
 
 from __future__ import annotations
@@ -54,15 +54,19 @@ def entropy(logp: np.ndarray) -> np.ndarray:
 
 
 def mixture_features(lstm_logp: np.ndarray, ngram_logp: np.ndarray, matched: np.ndarray,
-                     order: int) -> np.ndarray:
-    """(L, 3 + order) features of each position's context: a bias, the LSTM's and the n-gram's
-    entropies over log V (how sure each is), and one-hot the longest n-gram order whose context
-    the n-gram has seen (1..order: how much it knows there)."""
+                     order: int, last: np.ndarray) -> np.ndarray:
+    """(L, 3 + order + V) features of each position's context: a bias, the LSTM's and the
+    n-gram's entropies over log V (how sure each is), one-hot the longest n-gram order whose
+    context the n-gram has seen (1..order: how much it knows there), and one-hot the context's
+    last token (PAQ selects its mixer weights by such a small context: after a space, the n-gram
+    knows less of the next word than within one)."""
     L, V = lstm_logp.shape
-    one_hot = np.zeros((L, order))
-    one_hot[np.arange(L), np.clip(matched, 1, order) - 1] = 1.0
+    orders = np.zeros((L, order))
+    orders[np.arange(L), np.clip(matched, 1, order) - 1] = 1.0
+    tokens = np.zeros((L, V))
+    tokens[np.arange(L), last] = 1.0
     return np.column_stack([np.ones(L), entropy(lstm_logp) / np.log(V),
-                            entropy(ngram_logp) / np.log(V), one_hot])
+                            entropy(ngram_logp) / np.log(V), orders, tokens])
 
 
 def initial_weights(num_experts: int, num_features: int) -> np.ndarray:
