@@ -8,7 +8,7 @@ batches, and the decay towards the trained weights is scaled per parameter by th
 (their `gradstat` and `evaluate`: parameters the training data still pushes hard adapt fast and
 are pulled back hard). Each window is scored before the copy learns from it, so every token is
 predicted from its past only; the trained model is never modified; val and test each start from
-the trained weights. eps is relative: `eps` times the mean of MS over all parameters.
+the trained weights. eps is relative: `eps` times the mean over parameter tensors of mean(MS).
 
     stats = training_gradient_rms(model, dm.corpus["train"], window=64)
     log_probs = krause_log_probs(model, ids, stats, lr=1e-4, decay=0.01)
