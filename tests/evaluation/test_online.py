@@ -216,3 +216,15 @@ def test_adaptive_settings_are_checked_before_training(cfg_factory, override, ma
     with pytest.raises(ConfigError, match=match):
         train(cfg_factory("eval.dynamic=true", "eval.krause=true", "+ngram_mix.order=3",
                           override))
+
+
+def test_an_old_sweep_without_the_new_keys_is_the_same_experiment_at_their_defaults():
+    from rnnlab.training.relaunch import config_differences, without_ignored
+
+    old = {"eval": {"dynamic": True, "lr": [0.001]}}
+    new = {"eval": {"dynamic": True, "lr": [0.001], "krause": False, "krause_lr": [0.0001],
+                    "krause_decay": [0.0]}}
+    assert config_differences(without_ignored(old), without_ignored(new)) == []
+    on = {"eval": {"dynamic": True, "lr": [0.001], "krause": True}}
+    assert config_differences(without_ignored(old), without_ignored(on)) == \
+        ["eval.krause: (absent) there, True now"]

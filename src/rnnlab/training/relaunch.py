@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 # launches (the best checkpoint's name format changed once; an old sweep still resumes)
 IGNORED = ("retry_failed", "ckpt_path", "torch_threads", "paths", "data.data_dir",
            "callbacks.checkpoint.filename")
+# keys added after sweeps were made, at the values that do what their absence did: an old
+# sweep (no such key) and a new one at these values are the same experiment
+ADDED_AS_BEFORE = {"eval.krause": False, "eval.krause_lr": [0.0001], "eval.krause_decay": [0.0]}
 # what a resumed fit may not produce again (it had nothing left to train): kept from before
 CARRIED = ("final_val_ppl", "train_ppl", "tokens_per_s")
 
@@ -51,14 +54,16 @@ def comparable(cfg: DictConfig | dict) -> dict:
 
 
 def without_ignored(plain: dict) -> dict:
-    """`plain` with the IGNORED keys dropped (a dotted key from its parent node), in place."""
-    for key in IGNORED:
+    """`plain` with the IGNORED keys dropped (a dotted key from its parent node), and the
+    ADDED_AS_BEFORE keys where they hold that value, in place."""
+    for key in (*IGNORED, *ADDED_AS_BEFORE):
         *parents, leaf = key.split(".")
         node = plain
         for part in parents:
             node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict):
-            node.pop(leaf, None)
+        if isinstance(node, dict) and leaf in node and (
+                key in IGNORED or node[leaf] == ADDED_AS_BEFORE[key]):
+            node.pop(leaf)
     return plain
 
 
