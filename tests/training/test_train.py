@@ -186,14 +186,14 @@ def test_dynamic_evaluation_gets_the_model_on_the_trainers_device(cfg_factory, m
     import rnnlab.training.run as run
 
     seen = []
-    real = run.evaluate_dynamic
+    real = run.evaluate_dynamic_rules
 
     def spy(model, *args, **kwargs):
         seen.append(next(model.parameters()).device)
         return real(model, *args, **kwargs)
 
     moved = []
-    monkeypatch.setattr(run, "evaluate_dynamic", spy)
+    monkeypatch.setattr(run, "evaluate_dynamic_rules", spy)
     monkeypatch.setattr(run, "on_training_device", lambda model, trainer: moved.append(
         trainer.strategy.root_device) or model.to(trainer.strategy.root_device))
     run.train(cfg_factory("trainer.max_epochs=1", "eval.dynamic=true"))
