@@ -118,14 +118,16 @@ def test_book_rnn_and_best_presets_hold_their_settings_and_run(cfg_factory, tmp_
     book = cfg_factory("experiment=book_rnn")
     assert book.model.core._target_ == "rnnlab.models.cores.ScratchRNN" and book.trainer.max_epochs
     tiny = ["experiment=best", "model.core.num_hiddens=16", "model.embedding_dim=8",
-            "trainer.max_epochs=2", "ngram_mix.order=4", "eval.lr=[0.01]", "eval.decay=[0]"]
+            "trainer.max_epochs=2", "ngram_mix.order=4", "eval.lr=[0.01]", "eval.decay=[0]",
+            "eval.krause_lr=[0.001]"]
     cfg = cfg_factory(*tiny)
     assert cfg.model.core.kind == "lstm" and cfg.bptt.mode == "randomized"
     assert cfg.model.scheduler._target_ == "rnnlab.models.schedule.CosineSteps"  # not seconds
     assert cfg.callbacks.early_stopping.monitor == "val/ppl" and cfg.eval.dynamic
     got = train(cfg)
     s = summary_of(cfg)
-    assert s["status"] == "finished" and got == s["val_ppl_dyn_mix"]
+    assert s["status"] == "finished" and got == s["val_ppl_online"]
+    assert cfg.ngram_mix.online and cfg.eval.krause and s["dyn_rule"] in ("rms", "krause")
     assert s["model"] == "lstm" and math.isfinite(s["test_ppl_mix"])
     assert s["max_time_cut"] is False
     # the same command again: the same numbers (a budget in steps knows no wall clock)
@@ -186,14 +188,14 @@ def test_dynamic_evaluation_gets_the_model_on_the_trainers_device(cfg_factory, m
     import rnnlab.training.run as run
 
     seen = []
-    real = run.evaluate_dynamic
+    real = run.evaluate_dynamic_rules
 
     def spy(model, *args, **kwargs):
         seen.append(next(model.parameters()).device)
         return real(model, *args, **kwargs)
 
     moved = []
-    monkeypatch.setattr(run, "evaluate_dynamic", spy)
+    monkeypatch.setattr(run, "evaluate_dynamic_rules", spy)
     monkeypatch.setattr(run, "on_training_device", lambda model, trainer: moved.append(
         trainer.strategy.root_device) or model.to(trainer.strategy.root_device))
     run.train(cfg_factory("trainer.max_epochs=1", "eval.dynamic=true"))

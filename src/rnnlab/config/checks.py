@@ -200,10 +200,12 @@ def train_config(cfg) -> None:
                    model.get("embedding_dim"))
     mix = cfg.get("ngram_mix")
     if mix is not None:
-        if not hasattr(mix, "keys") or set(mix) - {"order"}:
-            raise ConfigError(f"ngram_mix={mix!r} must be null or {{order: N}}, e.g. "
-                              f"ngram_mix.order=10")
+        if not hasattr(mix, "keys") or set(mix) - {"order", "online"}:
+            raise ConfigError(f"ngram_mix={mix!r} must be null or {{order: N, online: bool}}, "
+                              f"e.g. ngram_mix.order=10")
         positive_int("ngram_mix.order", mix.get("order", 10))
+        if not isinstance(mix.get("online", False), bool):
+            raise ConfigError(f"ngram_mix.online={mix.online} must be true or false")
         _scores_the_tested_checkpoint(cfg, "ngram_mix", "its weight")
     ev = cfg.get("eval")
     if ev is not None and ev.get("dynamic"):
@@ -249,14 +251,19 @@ def checkpoint_path(value, fix: str = "") -> None:
 
 def _dynamic_eval(ev, cfg) -> None:
     positive_int("eval.window", ev.get("window"))
-    for key, low, high in (("lr", 0.0, None), ("decay", 0.0, 1.0)):
+    if not isinstance(ev.get("krause", False), bool):
+        raise ConfigError(f"eval.krause={ev.krause} must be true or false")
+    grids = [("lr", 0.0, None), ("decay", 0.0, 1.0)]
+    if ev.get("krause"):
+        grids += [("krause_lr", 0.0, None), ("krause_decay", 0.0, 1.0)]
+    for key, low, high in grids:
         values = ev.get(key)
         values = list(values) if isinstance(values, Iterable) and not isinstance(values, str) \
             else [values]
         bad = [v for v in values if not _number(v) or v < low
-               or (high is not None and v >= high) or (key == "lr" and v == 0)]
+               or (high is not None and v >= high) or (key.endswith("lr") and v == 0)]
         if not values or bad:
-            rule, example = ("positive numbers", "0.001,0.003") if key == "lr" else \
+            rule, example = ("positive numbers", "0.001,0.003") if key.endswith("lr") else \
                 ("numbers in [0, 1)", "0,0.01")
             raise ConfigError(f"eval.{key}={values} must be {rule} (one, or a list to choose "
                               f"from on val), e.g. eval.{key}=[{example}]")

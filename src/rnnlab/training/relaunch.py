@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 IGNORED = ("retry_failed", "ckpt_path", "torch_threads", "paths", "data.data_dir",
            "callbacks.checkpoint.filename", "callbacks.sample_text.prefix", "kernels.cache_dir",
            "kernels.retime")
+# keys added after sweeps were made, at the values that do what their absence did: an old
+# sweep (no such key) and a new one at these values are the same experiment
+ADDED_AS_BEFORE = {"eval.krause": False, "eval.krause_lr": [0.0001], "eval.krause_decay": [0.0]}
 # what a resumed fit may not produce again (it had nothing left to train): kept from before
 CARRIED = ("final_val_ppl", "train_ppl", "tokens_per_s")
 
@@ -88,14 +91,16 @@ def comparable(cfg: DictConfig | dict) -> dict:
 
 
 def without_ignored(plain: dict) -> dict:
-    """`plain` with the IGNORED keys dropped (a dotted key from its parent node), in place."""
-    for key in IGNORED:
+    """`plain` with the IGNORED keys dropped (a dotted key from its parent node), and the
+    ADDED_AS_BEFORE keys where they hold that value, in place."""
+    for key in (*IGNORED, *ADDED_AS_BEFORE):
         *parents, leaf = key.split(".")
         node = plain
         for part in parents:
             node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict):
-            node.pop(leaf, None)
+        if isinstance(node, dict) and leaf in node and (
+                key in IGNORED or node[leaf] == ADDED_AS_BEFORE[key]):
+            node.pop(leaf)
     return plain
 
 
@@ -109,9 +114,10 @@ def config_differences(old: dict, new: dict) -> list[str]:
 
 def objective(summary: dict) -> float:
     """What train() returns to a sweeper for a job: the val/ppl of its strongest evaluation
-    (dynamic evaluation mixed with the n-gram, the mixture, dynamic evaluation, or the best
-    checkpoint's), inf when there is none."""
-    best = next((summary[k] for k in ("val_ppl_dyn_mix", "val_ppl_mix", "val_ppl_dyn")
+    (the online mixture, dynamic evaluation mixed with the n-gram, the mixture, dynamic
+    evaluation, or the best checkpoint's), inf when there is none."""
+    best = next((summary[k] for k in ("val_ppl_online", "val_ppl_dyn_mix", "val_ppl_mix",
+                                      "val_ppl_dyn")
                  if summary.get(k) is not None), summary.get("best_val_ppl"))
     return float(best) if isinstance(best, (int, float)) and math.isfinite(best) else math.inf
 

@@ -32,7 +32,7 @@ from rnnlab.config.cli import is_multirun
 from rnnlab.config.overrides import hydra_runtime, job_overrides
 from rnnlab.config.saved import save_config
 from rnnlab.errors import ConfigError
-from rnnlab.evaluation.dynamic import evaluate_dynamic
+from rnnlab.evaluation.adaptive_eval import evaluate_adaptive, evaluate_dynamic_rules
 from rnnlab.evaluation.mixture import evaluate_mixture
 from rnnlab.kernels import choice as kernels
 from rnnlab.training.checkpoints import AtomicCheckpointIO
@@ -274,12 +274,13 @@ def _fit_and_test(cfg: DictConfig, out_dir: Path, summary: dict, rank0: bool = T
             return stopper
         on_training_device(model, trainer)  # trainer.test's teardown left it on the CPU
         if cfg.get("eval") and cfg.eval.dynamic:  # the tested weights adapt to the text they score
-            found, dynamic = evaluate_dynamic(model, dm.corpus, cfg.eval.lr, cfg.eval.decay,
-                                              cfg.eval.window, cfg.eval.get("normalize", True))
+            found, dynamic = evaluate_dynamic_rules(model, dm.corpus, cfg.eval)
             extra.update(found)
         if cfg.get("ngram_mix"):  # the tested (best) weights, mixed with a Kneser-Ney n-gram
-            extra.update(evaluate_mixture(model, dm.corpus, len(dm.vocab), **cfg.ngram_mix,
-                                          dynamic=dynamic))
+            order = cfg.ngram_mix.get("order", 10)
+            extra.update(evaluate_mixture(model, dm.corpus, len(dm.vocab), order, dynamic))
+            if cfg.ngram_mix.get("online"):  # and the parts that learn while they score
+                extra.update(evaluate_adaptive(model, dm.corpus, len(dm.vocab), order, dynamic))
         for lg in loggers if extra else []:  # not the settings of a grid with no finite one
             lg.log_metrics({k: v for k, v in extra.items() if isinstance(v, (int, float))},
                            step=trainer.global_step)

@@ -47,6 +47,8 @@ METRICS = {"best_val_ppl": ("perplexity/val_best", "val/ppl (best)"),
            "test_ppl_dyn": ("perplexity/test_dyn", "test/ppl dynamic eval"),
            "val_ppl_dyn_mix": ("perplexity/val_dyn_mix", "val/ppl dynamic eval + mixture"),
            "test_ppl_dyn_mix": ("perplexity/test_dyn_mix", "test/ppl dynamic eval + mixture"),
+           "val_ppl_online": ("perplexity/val_online", "val/ppl online mixture"),
+           "test_ppl_online": ("perplexity/test_online", "test/ppl online mixture"),
            "tokens_per_s": ("train/tokens_per_s_epoch", "tokens/s"),
            "diverged": ("train/diverged", "diverged")}
 # Custom Scalars tab: each run's train (epoch means) and val perplexity on one chart; val alone.
