@@ -2,7 +2,7 @@
 
     from rnnlab.claims.figures import claim_figure, save_figures
     fig = claim_figure(result)              # a matplotlib Figure, for tests to inspect
-    save_figures(results, out_dir)          # figures/<id>.png + the TensorBoard event file
+    save_figures(results, out_dir, jobs)    # figures/<id>.png + the TensorBoard event file
 
 Each level is a column: its per-seed values as dots and its mean with the 95% interval as an
 error bar, on a log axis where the claim compares on a log scale. The title carries the verdict.
@@ -19,8 +19,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
-
-from rnnlab.claims.runner import read_jobs  # noqa: E402
 
 COLOURS = {"supported": "tab:green", "contradicted": "tab:red", "inconclusive": "tab:orange"}
 
@@ -57,8 +55,7 @@ def _levels_axis(ax, result: dict) -> None:
     ax.grid(axis="y", alpha=0.3)
 
 
-def _gk_axis(ax, runs_dir: Path | None) -> None:
-    jobs = read_jobs(runs_dir) if runs_dir is not None and runs_dir.is_dir() else {}
+def _gk_axis(ax, jobs: dict[tuple[str, int], dict]) -> None:
     for (variant, seed), summary in sorted(jobs.items()):
         g = summary.get("grad_g_h")
         if variant != "base" or not g:
@@ -72,7 +69,7 @@ def _gk_axis(ax, runs_dir: Path | None) -> None:
         ax.legend(fontsize=7)
 
 
-def claim_figure(result: dict, runs_dir: Path | None = None):
+def claim_figure(result: dict, jobs: dict[tuple[str, int], dict] | None = None):
     gk = result.get("figure_kind") == "gk"
     fig, axes = plt.subplots(1, 2 if gk else 1, figsize=(11 if gk else 6.5, 4))
     ax = axes[0] if gk else axes
@@ -80,21 +77,23 @@ def claim_figure(result: dict, runs_dir: Path | None = None):
     ax.set_title(f"{result['section']} {result['id']}: {result['verdict']}",
                  color=COLOURS.get(result["verdict"], "k"), fontsize=11)
     if gk:
-        _gk_axis(axes[1], runs_dir)
+        _gk_axis(axes[1], jobs or {})
     fig.text(0.01, 0.01, "dots: seeds; squares: mean with 95% t interval", fontsize=7,
              color="0.4")
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     return fig
 
 
-def save_figures(results: list[dict], out_dir: Path, runs_dir: Path | None = None) -> None:
+def save_figures(results: list[dict], out_dir: Path,
+                 jobs: dict[tuple[str, int], dict] | None = None) -> None:
     from torch.utils.tensorboard import SummaryWriter
 
     (out_dir / "figures").mkdir(parents=True, exist_ok=True)
     writer = SummaryWriter(str(out_dir / "runs" / "claims"))
     try:
         for r in results:
-            fig = claim_figure(r, runs_dir)
+            fig = claim_figure(r, jobs)
+            r["figure"] = f"figures/{r['id']}.png"  # the page links it
             fig.savefig(out_dir / r["figure"], dpi=110)
             writer.add_figure(f"claims/{r['id']}", fig, close=False)
             writer.add_text(f"claims/{r['id']}", f"**{r['verdict']}**: {r['claim']}")

@@ -2,7 +2,7 @@
 
     from rnnlab.claims.page import evaluate_claims, write_page, readme_table, update_readme
     results = evaluate_claims(cfg, runs)            # per claim: levels, comparisons, verdict
-    write_page(cfg, results, ran)                   # <out_dir>/claims.{json,md}, figures
+    write_page(cfg, results, ran)                   # <out_dir>/claims.{json,md}
     update_readme(Path("README.md"), Path("docs/claims.md"))   # the table between the markers
 
 claims.md holds its summary table between TABLE_BEGIN and TABLE_END; the README's section holds
@@ -126,13 +126,11 @@ def _header(cfg: DictConfig, ran: dict) -> dict:
 
 
 def write_page(cfg: DictConfig, results: list[dict], ran: dict) -> Path:
-    from rnnlab.claims.figures import save_figures
-
+    """claims.json and claims.md, linking each claim's figures/<id>.png (claims.figures)."""
     out = Path(cfg.out_dir)
     for r in results:
-        r["figure"] = f"figures/{r['id']}.png"
+        r.setdefault("figure", f"figures/{r['id']}.png")
     header = _header(cfg, ran)
-    save_figures(results, out, runs_dir=out / "runs" / "train")
     doc = {**header, "claims": results}
     tmp = out / "claims.json.tmp"
     tmp.write_text(json.dumps(doc, indent=2, default=float))

@@ -156,6 +156,7 @@ def collect(cfg: DictConfig) -> dict[str, dict[int, dict]]:
 
 def reproduce(cfg: DictConfig) -> Path:
     """Run what is missing, measure every claim, write the page; returns claims.json's path."""
+    from rnnlab.claims.figures import save_figures  # matplotlib only when a page is written
     from rnnlab.claims.page import evaluate_claims, write_page
 
     started = time.time()
@@ -169,5 +170,6 @@ def reproduce(cfg: DictConfig) -> Path:
         + sum(json.loads(p.read_text()).get("wall_time_s") or 0 for p in forecasts
               if p.is_file()), 1)
     results = evaluate_claims(cfg, runs)
+    save_figures(results, Path(cfg.out_dir), read_jobs(Path(cfg.out_dir) / "runs" / "train"))
     ran["seconds"]["total"] = round(time.time() - started, 1)
     return write_page(cfg, results, ran)
