@@ -389,3 +389,21 @@ def test_full_bptt_reports_nothing_beyond_a_window(cfg_factory):
     s = json.loads((Path(cfg.paths.output_dir) / "summary.json").read_text())
     assert s["grad_window"] is None and s["grad_beyond_window"] == 0.0
     assert s["grad_reach"] > 0  # the rest of the probe still measured
+
+
+@pytest.mark.slow
+def test_a_resumed_run_keeps_the_probes_made_before_the_resume(cfg_factory):
+    common = ["callbacks.sample_text.every_n_epochs=0", "test=false",
+              "callbacks.gradients.every_n_epochs=1"]
+    first = cfg_factory(*common, "trainer.max_epochs=2")
+    train(first)
+    last = Path(first.paths.output_dir) / "checkpoints" / "last.ckpt"
+    state = torch.load(last, weights_only=False)["callbacks"]
+    (saved,) = [v for k, v in state.items() if k.startswith("GradientsThroughTime")]
+    assert [epoch for epoch, _ in saved["history"]] == [0, 1, 2]
+    resumed = cfg_factory(*common, "trainer.max_epochs=3", f"ckpt_path={last}")
+    train(resumed)
+    state = torch.load(last, weights_only=False)["callbacks"]
+    (saved,) = [v for k, v in state.items() if k.startswith("GradientsThroughTime")]
+    assert [epoch for epoch, _ in saved["history"]][:4] == [0, 1, 2, 3]
+    assert len(saved["history"][0][1]["h"]) == summary_of(resumed)["grad_max_distance"] + 1

@@ -10,7 +10,8 @@ probe and, when training ends, one image, through_time/g_k: g(k) on a log scale,
 probed epoch, beside a heat map of log10 g(k) over epochs x distance. The group's name sorts
 after `perplexity`, which TensorBoard's Time Series must show first. `summary()` is the last
 probe's numbers, for summary.json (grad_*). With `bptt=full` nothing is truncated:
-beyond_window is 0 and grad_window null (no window).
+beyond_window is 0 and grad_window null (no window). The probes' curves travel in the
+checkpoint, so a resumed run's image holds the ones made before the resume too.
 """
 
 from __future__ import annotations
@@ -119,6 +120,15 @@ class GradientsThroughTime(pl.Callback):
         log.info("gradient probe, epoch %d: decay %.3f per step, reach %s steps, %s, W_hh "
                  "sigma_max %.3f (%.2f s)", epoch, scalars["decay_per_step"], scalars["reach"],
                  beyond, scalars["w_hh_sigma_max"], self.seconds[-1])
+
+    def state_dict(self) -> dict:
+        """The probes so far travel in the checkpoint, so a resumed run's image holds them."""
+        return {"history": [(epoch, {k: v.tolist() for k, v in g.items()})
+                            for epoch, g in self.history]}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.history = [(epoch, {k: torch.tensor(v, dtype=torch.float64) for k, v in g.items()})
+                        for epoch, g in state_dict.get("history", [])]
 
     def image(self) -> np.ndarray:
         """through_time/g_k as an RGB array: per state tensor, g(k) on a log scale with a line per
