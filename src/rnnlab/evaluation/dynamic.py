@@ -22,7 +22,7 @@ import copy
 import itertools
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -32,21 +32,22 @@ from rnnlab.models.perplexity import token_ppl
 log = logging.getLogger(__name__)
 
 
-def dynamic_log_probs(model: torch.nn.Module, ids: torch.Tensor, lr: float, decay: float = 0.0,
-                      window: int = 64, normalize: bool = True, beta: float = 0.99
-                      ) -> torch.Tensor:
-    """(L-1, V) log-probabilities of ids[1:] under dynamic evaluation: a copy of `model` reads
-    ids as one stream in windows of `window` tokens and, after scoring each window, takes a step
-    on that window's mean loss (then decays towards the trained weights)."""
-    adapted = copy.deepcopy(model)  # the trained model (and its checkpoint) stay as they are
-    adapted.eval()  # no dropout: the scores are the model's predictions
-    params = [p for p in adapted.parameters() if p.requires_grad]
-    trained = [p.detach().clone() for p in params]
-    mean_sq = [torch.zeros_like(p) for p in params]  # of the gradients so far (normalize)
+def adaptable_copy(model: torch.nn.Module) -> tuple[torch.nn.Module, list[torch.Tensor]]:
+    """A copy of `model` in eval mode (no dropout: the scores are the model's predictions) and its
+    trainable parameters; the trained model (and its checkpoint) stay as they are."""
+    adapted = copy.deepcopy(model)
+    adapted.eval()
+    return adapted, [p for p in adapted.parameters() if p.requires_grad]
+
+
+def window_gradients(adapted: torch.nn.Module, params: list[torch.Tensor], ids: torch.Tensor,
+                     window: int, out: list[torch.Tensor]) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Read ids as one stream in windows of `window` tokens: append each window's (T, V)
+    log-probabilities to `out`, then yield the gradient of its mean loss w.r.t. `params`, which
+    the caller may step before the next window is read (the state carries over, detached)."""
     device = params[0].device
     state = tuple(s.to(device) for s in adapted.begin_state(1))
-    out = []
-    for n, start in enumerate(range(0, len(ids) - 1, window), 1):
+    for start in range(0, len(ids) - 1, window):
         end = min(start + window, len(ids) - 1)
         X = ids[start:end].view(1, -1).to(device)
         Y = ids[start + 1 : end + 1].to(device).long()
@@ -54,7 +55,20 @@ def dynamic_log_probs(model: torch.nn.Module, ids: torch.Tensor, lr: float, deca
             logits, state = adapted(X, tuple(s.detach() for s in state))
             logp = F.log_softmax(logits.float(), -1)
             out.append(logp.detach().cpu())  # scored before the model learns from it
-            grads = torch.autograd.grad(F.nll_loss(logp, Y), params)
+            yield torch.autograd.grad(F.nll_loss(logp, Y), params)
+
+
+def dynamic_log_probs(model: torch.nn.Module, ids: torch.Tensor, lr: float, decay: float = 0.0,
+                      window: int = 64, normalize: bool = True, beta: float = 0.99
+                      ) -> torch.Tensor:
+    """(L-1, V) log-probabilities of ids[1:] under dynamic evaluation: a copy of `model` reads
+    ids as one stream in windows of `window` tokens and, after scoring each window, takes a step
+    on that window's mean loss (then decays towards the trained weights)."""
+    adapted, params = adaptable_copy(model)
+    trained = [p.detach().clone() for p in params]
+    mean_sq = [torch.zeros_like(p) for p in params]  # of the gradients so far (normalize)
+    out: list[torch.Tensor] = []
+    for n, grads in enumerate(window_gradients(adapted, params, ids, window, out), 1):
         with torch.no_grad():
             if normalize:
                 torch._foreach_mul_(mean_sq, beta)

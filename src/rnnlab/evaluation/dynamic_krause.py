@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from rnnlab.evaluation.dynamic import adaptable_copy, window_gradients
 from rnnlab.models.perplexity import token_ppl
 
 log = logging.getLogger(__name__)
@@ -59,26 +60,14 @@ def krause_log_probs(model: torch.nn.Module, ids: torch.Tensor, ms: list[torch.T
                      ) -> torch.Tensor:
     """(L-1, V) log-probabilities of ids[1:] under Krause et al.'s rule, with `ms` from
     training_gradient_rms."""
-    adapted = copy.deepcopy(model)
-    adapted.eval()
-    params = [p for p in adapted.parameters() if p.requires_grad]
+    adapted, params = adaptable_copy(model)
     trained = [p.detach().clone() for p in params]
     total = sum(m.mean() for m in ms)
     floor = eps * total / len(ms)
     denom = [m + floor for m in ms]
     rate = [(decay * m / total).clamp(max=1.0) for m in ms] if decay else None
-    device = params[0].device
-    state = tuple(s.to(device) for s in adapted.begin_state(1))
-    out = []
-    for start in range(0, len(ids) - 1, window):
-        end = min(start + window, len(ids) - 1)
-        X = ids[start:end].view(1, -1).to(device)
-        Y = ids[start + 1 : end + 1].to(device).long()
-        with torch.enable_grad():
-            logits, state = adapted(X, tuple(s.detach() for s in state))
-            logp = F.log_softmax(logits.float(), -1)
-            out.append(logp.detach().cpu())  # scored before the model learns from it
-            grads = torch.autograd.grad(F.nll_loss(logp, Y), params)
+    out: list[torch.Tensor] = []
+    for grads in window_gradients(adapted, params, ids, window, out):
         with torch.no_grad():
             torch._foreach_addcdiv_(params, grads, denom, value=-lr)
             if rate is not None:
