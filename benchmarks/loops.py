@@ -45,30 +45,44 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def book_weights(vocab: int, hidden: int, device: str, generator: torch.Generator
+                 ) -> list[torch.Tensor]:
+    """The book's parameters W_xh, W_hh, b_h, W_hq, b_q: N(0, 0.01^2) matrices, zero biases."""
+    normal = lambda *s: (torch.randn(*s, generator=generator) * 0.01).to(device).requires_grad_()  # noqa
+    return [normal(vocab, hidden), normal(hidden, hidden),
+            torch.zeros(hidden, device=device, requires_grad=True), normal(hidden, vocab),
+            torch.zeros(vocab, device=device, requires_grad=True)]
+
+
+def book_step(params: list[torch.Tensor], X: torch.Tensor, Y: torch.Tensor,
+              state: torch.Tensor | None, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step of the book's training loop (D2L 8.5): one-hot inputs, an output layer at every
+    step, the book's norm clipping at 1, SGD at lr 1. Returns the (graph-free) mean loss and the
+    state for the next minibatch."""
+    W_xh, W_hh, b_h, W_hq, b_q = params
+    H = torch.zeros(X.shape[0], W_hh.shape[0], device=X.device) if state is None \
+        else state.detach()
+    outputs = []
+    for x in F.one_hot(X.T.long(), vocab).float():
+        H = torch.tanh(x @ W_xh + H @ W_hh + b_h)
+        outputs.append(H @ W_hq + b_q)
+    loss = F.cross_entropy(torch.cat(outputs), Y.T.reshape(-1).long())
+    loss.backward()
+    with torch.no_grad():
+        clip_grad_norm_book(params, 1.0)
+        for p in params:
+            p -= 1.0 * p.grad
+            p.grad.zero_()
+    return loss.detach(), H
+
+
 def bench_book(data, vocab: int, hidden: int, warmup: int, device: str) -> list[float]:
     """The book's training loop (D2L 8.5), one-hot input and an output layer at every step."""
-    g = torch.Generator().manual_seed(0)
-    normal = lambda *s: (torch.randn(*s, generator=g) * 0.01).to(device).requires_grad_()  # noqa
-    params = [normal(vocab, hidden), normal(hidden, hidden),
-              torch.zeros(hidden, device=device, requires_grad=True), normal(hidden, vocab),
-              torch.zeros(vocab, device=device, requires_grad=True)]
-    W_xh, W_hh, b_h, W_hq, b_q = params
+    params = book_weights(vocab, hidden, device, torch.Generator().manual_seed(0))
     state, times = None, []
     for X, Y in data:
         t0 = time.perf_counter()
-        H = torch.zeros(X.shape[0], hidden, device=device) if state is None else state.detach()
-        outputs = []
-        for x in F.one_hot(X.T.long(), vocab).float():
-            H = torch.tanh(x @ W_xh + H @ W_hh + b_h)
-            outputs.append(H @ W_hq + b_q)
-        state = H
-        loss = F.cross_entropy(torch.cat(outputs), Y.T.reshape(-1).long())
-        loss.backward()
-        with torch.no_grad():
-            clip_grad_norm_book(params, 1.0)
-            for p in params:
-                p -= 1.0 * p.grad
-                p.grad.zero_()
+        _, state = book_step(params, X, Y, state, vocab)
         sync(device)
         times.append(time.perf_counter() - t0)
     return times[warmup:]

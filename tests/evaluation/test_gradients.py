@@ -322,6 +322,7 @@ def test_training_with_the_probe_ends_with_the_same_perplexity(cfg_factory, tmp_
     b = summary_of(without)
     assert a["final_val_ppl"] == b["final_val_ppl"] and a["best_val_ppl"] == b["best_val_ppl"]
     assert "grad_reach" not in b and a["grad_probe_epoch"] == 2
+    assert a["grad_probe_seconds"] > 0 and a["grad_image_seconds"] > 0  # each on its own clock
     assert len(a["grad_g_h"]) == a["grad_max_distance"] + 1
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -133,8 +133,8 @@ def test_book_rnn_and_best_presets_hold_their_settings_and_run(cfg_factory, tmp_
     # the same command again: the same numbers (a budget in steps knows no wall clock)
     again = make_cfg(tmp_path / "again", Path(cfg.data.path), tiny)
     train(again)
-    timing = {"wall_time_s", "tokens_per_s", "grad_probe_seconds", "run_dir", "checkpoints",
-              "test_ckpt"}
+    timing = {"wall_time_s", "tokens_per_s", "grad_probe_seconds", "grad_image_seconds",
+              "run_dir", "checkpoints", "test_ckpt"}
     assert {k: v for k, v in summary_of(again).items() if k not in timing} == \
         {k: v for k, v in s.items() if k not in timing}
 

@@ -180,6 +180,7 @@ class GradientsThroughTime(pl.Callback):
                     for name, g in self.last["g"].items()})
         out.update(grad_probe_epoch=self.last["epoch"], grad_window=self.num_steps,
                    grad_max_distance=self.max_distance,
-                   grad_probe_seconds=sum(self.seconds) / len(self.seconds))
+                   grad_probe_seconds=sum(self.seconds) / len(self.seconds),
+                   grad_image_seconds=self.image_seconds)
         return out
 
