@@ -15,7 +15,8 @@ from rnnlab.models.lm import LanguageModel
 
 V, H, B, T = 28, 64, 8, 12
 BRANCHES = list(itertools.product(["tanh", "sigmoid"],
-                                  ["torch", "onednn"] if onednn.AVAILABLE else ["torch"],
+                                  ["torch", "onednn", "contiguous"] if onednn.AVAILABLE
+                                  else ["torch"],
                                   ["torch", "onednn"] if onednn.AVAILABLE else ["torch"]))
 CORES = {"rnn_scratch": ScratchRNN, "rnn": partial(TorchRNN, "rnn", num_layers=2)}
 # what this CPU lacks for oneDNN's bf16 (None: it has it); tests of bf16 through oneDNN skip
@@ -91,6 +92,40 @@ def test_auto_matmul_and_linear_choose_among_their_candidates_on_real_shapes(mon
     assert {label.split()[0] for label in made} == {"matmul", "linear"}
     assert any(label.startswith("linear 64x16x28 ") for label in made)  # 40 rows: bucket 64
     assert set(made.values()) <= {"torch", "onednn"}
+
+
+@pytest.mark.skipif(not onednn.AVAILABLE, reason="torch built without oneDNN")
+def test_a_transposed_w_is_its_own_choice_with_a_row_major_copy_among_the_candidates(
+        monkeypatch):
+    monkeypatch.setattr(kernels, "_cache", {})
+    monkeypatch.setattr(kernels, "_made", {})
+    W, a, c = torch.randn(16, 16), torch.randn(4, 16), torch.randn(4, 16)
+    timed = []
+    real_time = kernels._time
+    monkeypatch.setattr(kernels, "_time", lambda cands, rounds: timed.append(set(cands))
+                        or real_time(cands, rounds))
+    with kernels.forced(matmul="auto"):
+        for M in (W, W.T):  # the forward pass's W_hh, the backward pass's W_hh^T
+            torch.testing.assert_close(kernels.step_matmul(M, 4, steps=10)(a, c, 2.0),
+                                       torch.addmm(c, a, M, beta=2))
+    assert timed == [{"torch", "onednn"}, {"torch", "onednn", "contiguous"}]
+    made = kernels.made()
+    transposed = [label for label in made if " transposed " in label]
+    assert len(made) == 2 and transposed and transposed[0].startswith("matmul 4x16x16 transposed")
+    assert made[transposed[0]] in ("torch", "onednn", "contiguous")
+
+
+def test_a_run_recorded_before_transposed_labels_keeps_its_choice_for_both_passes(monkeypatch):
+    monkeypatch.setattr(kernels, "_cache", {})
+    monkeypatch.setattr(kernels, "_made", {})
+    monkeypatch.setattr(kernels, "_kept", {})
+    monkeypatch.setattr(kernels, "_time", lambda *a: pytest.fail("a kept choice is not timed"))
+    kernels.keep({"matmul 4x16x16 float32 2 threads": "torch"})  # what such a run recorded
+    W, a, c = torch.randn(16, 16), torch.randn(4, 16), torch.randn(4, 16)
+    with kernels.forced(matmul="auto"):
+        out = kernels.step_matmul(W.T, 4, steps=10)(a, c)
+    assert torch.equal(out, torch.addmm(c, a, W.T))  # the view, as that run multiplied
+    assert list(kernels.made().values()) == ["torch"]
 
 
 def test_a_bad_choice_names_the_key_and_the_values(monkeypatch):

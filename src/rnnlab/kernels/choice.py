@@ -42,7 +42,7 @@ from rnnlab.kernels.cache import MachineCache
 
 log = logging.getLogger(__name__)
 
-CANDIDATES = {"tanh": ("tanh", "sigmoid"), "matmul": ("torch", "onednn"),
+CANDIDATES = {"tanh": ("tanh", "sigmoid"), "matmul": ("torch", "onednn", "contiguous"),
               "linear": ("torch", "onednn"), "recurrence_dtype": ("float32", "bfloat16")}
 # the first of each is the plain torch path
 MARGIN = 0.97  # a candidate replaces the plain path only if it takes < 97% of its time
@@ -137,21 +137,24 @@ def _time(candidates: dict[str, Callable[[], object]], rounds: int) -> dict[str,
 
 def _choose(name: str, shape: str, tensor: torch.Tensor,
             candidates: Callable[[], dict[str, Callable[[], object]]], rounds: int = 5,
-            extra: dict[str, float] | None = None) -> str:
+            extra: dict[str, float] | None = None, recorded_as: str | None = None) -> str:
     """The forced candidate, the plain one where timing does not apply, or the cached or newly
-    timed winner for this shape. `extra` adds one-off seconds per call (a weight reorder)."""
+    timed winner for this shape. `extra` adds one-off seconds per call (a weight reorder);
+    `recorded_as`: the shape a run recorded this choice under before `shape` was told apart."""
     plain, setting = CANDIDATES[name][0], _settings[name]
     if torch.compiler.is_compiling():
         return setting if setting != "auto" else plain
-    threads = torch.get_num_threads()
-    label = (f"{name} {shape} {str(tensor.dtype).removeprefix('torch.')} "
-             f"{threads} thread{'s' * (threads > 1)}")
+    threads, dtype = torch.get_num_threads(), str(tensor.dtype).removeprefix("torch.")
+    label = f"{name} {shape} {dtype} {threads} thread{'s' * (threads > 1)}"
     if setting != "auto":
         _made[label] = f"{setting} (forced)"
         return setting
     if tensor.device.type != "cpu":
         return plain
-    if (kept := _kept.get(base_label(label))) is not None:
+    kept = _kept.get(base_label(label))
+    if kept is None and recorded_as is not None:
+        kept = _kept.get(f"{name} {recorded_as} {dtype}")
+    if kept is not None:
         _made[label] = kept
         return kept
     key = (name, shape, tensor.dtype, threads)
@@ -211,26 +214,39 @@ def _torch_step(W: torch.Tensor) -> Callable[..., torch.Tensor]:
 def step_matmul(W: torch.Tensor, rows: int, steps: int = 1) -> Callable[..., torch.Tensor]:
     """`(a, c, beta=1) -> beta * c + a @ W` for a W that a loop of `steps` steps multiplies by,
     `rows` = a's rows. With a bf16 W (and a), c and the result stay float32. oneDNN reorders W
-    once, charged to the `steps` of the pass that times the choice.
+    once, charged to the `steps` of the pass that times the choice. For a transposed view (the
+    backward pass's W_hh^T) there is a third candidate, `contiguous`: torch's product on a
+    row-major copy of W, made once and charged alike (MKL multiplies by a transposed operand
+    at another speed than by a row-major one, by how much depends on the CPU and the dtype:
+    docs/performance.md). A transposed W has its own label ("... transposed ..."); a run
+    recorded before it existed keeps the choice it made for its untransposed shape.
     Not differentiable: for use inside hand-written forward/backward passes."""
     if not onednn.applies(W, dtypes=(torch.float32, torch.bfloat16)):
         return _torch_step(W)
-
-    reorder: dict[str, float] = {}
+    transposed = W.dim() == 2 and not W.is_contiguous() and W.T.is_contiguous()
+    once: dict[str, float] = {}
 
     def candidates():
         a = _random(rows, W.shape[0]).to(W.dtype)
         c = _random(rows, W.shape[1])
         t0 = time.perf_counter()
         packed = onednn.step_matmul(W, rows)
-        reorder["onednn"] = (time.perf_counter() - t0) / steps
+        once["onednn"] = (time.perf_counter() - t0) / steps
         plain = _torch_step(W)
-        return {"torch": lambda: plain(a, c), "onednn": lambda: packed(a, c)}
+        out = {"torch": lambda: plain(a, c), "onednn": lambda: packed(a, c)}
+        if transposed:
+            t0 = time.perf_counter()
+            copy = _torch_step(W.contiguous())
+            once["contiguous"] = (time.perf_counter() - t0) / steps
+            out["contiguous"] = lambda: copy(a, c)
+        return out
 
     shape = f"{rows}x{W.shape[0]}x{W.shape[1]}"
-    if _choose("matmul", shape, W, candidates, extra=reorder) == "onednn":
+    choice = _choose("matmul", shape + " transposed" if transposed else shape, W, candidates,
+                     extra=once, recorded_as=shape if transposed else None)
+    if choice == "onednn":
         return onednn.step_matmul(W, rows)
-    return _torch_step(W)
+    return _torch_step(W.contiguous() if choice == "contiguous" else W)
 
 
 def recurrence_dtype(h: torch.Tensor, W: torch.Tensor, low: torch.dtype) -> torch.dtype:

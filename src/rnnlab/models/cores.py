@@ -57,7 +57,7 @@ class TanhRecurrence(torch.autograd.Function):
     tensors would read them back from memory. Which kernels run is measured (`kernels.choice`):
     tanh directly or as 2 sigmoid(2z) - 1 with 2 Z_t = 2 XW_t + H_{t-1} (2 W_hh) (which of torch's
     two is cheaper per element depends on the CPU), and the product through MKL's addmm or a
-    pre-reordered oneDNN weight.
+    pre-reordered oneDNN weight (the backward's W_hh^T also on a row-major copy).
     Backward: autograd would run two small matmuls per step (dH_{t-1} and dW_hh). Only the first
     is sequential: dZ_t = (dH_t + dZ_{t+1} W_hh^T) * (1 - H_t^2) is one product per step, and
     dW_hh = sum_t H_{t-1}^T dZ_t is one large matmul afterwards.
