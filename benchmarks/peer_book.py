@@ -15,15 +15,13 @@ It writes a JSON with its training tokens/s (time inside the epochs' loops only)
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
-from pathlib import Path
 
 import torch
 from loops import book_step, book_weights
-from peer_examples import ROOT, load_splits
+from peer_examples import load_splits, peer_arguments
 
 
 def sequential_minibatches(ids: torch.Tensor, batch: int, steps: int, generator: torch.Generator
@@ -52,15 +50,8 @@ def predict(prefix: torch.Tensor, num_preds: int, params: list[torch.Tensor], vo
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--batch", type=int, default=32)
+    p = peer_arguments(__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=35)
-    p.add_argument("--hidden", type=int, default=512)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--max-tokens", type=int, default=None, help="cap the corpus (smoke runs)")
-    p.add_argument("--path", type=Path, default=ROOT / "outputs" / "data" / "timemachine.txt")
-    p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     splits, vocab = load_splits(args.path, args.max_tokens)

@@ -90,20 +90,27 @@ def load_splits(path: Path, max_tokens: int | None) -> tuple[dict[str, torch.Ten
     return {"train": ids[:a], "val": ids[a:b], "test": ids[b:]}, len(vocab)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", choices=["rnn", "lstm"], default="lstm")
+def peer_arguments(description: str) -> argparse.ArgumentParser:
+    """The options every peer program takes (peer_book.py's too): epochs, batch, hidden size,
+    threads, a corpus cap, the corpus and the JSON to write."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--bptt", type=int, default=35)
-    p.add_argument("--emb", type=int, default=64)
     p.add_argument("--hidden", type=int, default=512)
-    p.add_argument("--lr", type=float, default=1.0)
-    p.add_argument("--clip", type=float, default=1.0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--max-tokens", type=int, default=None, help="cap the corpus (smoke runs)")
     p.add_argument("--path", type=Path, default=ROOT / "outputs" / "data" / "timemachine.txt")
     p.add_argument("--out", type=Path, required=True)
+    return p
+
+
+def main() -> None:
+    p = peer_arguments(__doc__.splitlines()[0])
+    p.add_argument("--model", choices=["rnn", "lstm"], default="lstm")
+    p.add_argument("--bptt", type=int, default=35)
+    p.add_argument("--emb", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1.0)
+    p.add_argument("--clip", type=float, default=1.0)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
