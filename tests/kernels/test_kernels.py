@@ -115,6 +115,7 @@ def test_a_transposed_w_is_its_own_choice_with_a_row_major_copy_among_the_candid
     assert made[transposed[0]] in ("torch", "onednn", "contiguous")
 
 
+@pytest.mark.skipif(not onednn.AVAILABLE, reason="torch built without oneDNN")
 def test_a_run_recorded_before_transposed_labels_keeps_its_choice_for_both_passes(monkeypatch):
     monkeypatch.setattr(kernels, "_cache", {})
     monkeypatch.setattr(kernels, "_made", {})
