@@ -92,8 +92,13 @@ def series_data(T: int = 1000, noise: float = 0.2, tau: int = 4, n_train: int = 
 
 
 def language_model(dropout: float = 0.0, keep_prob: float = 1.0,
-                   embedding_dim: int | None = None) -> None:
+                   embedding_dim: int | None = None, eval_chunks: int = 1,
+                   eval_burn_in: int = 0) -> None:
     """rnnlab.models.lm.LanguageModel's settings."""
+    positive_int("model.eval_chunks", eval_chunks)
+    if not isinstance(eval_burn_in, int) or isinstance(eval_burn_in, bool) or eval_burn_in < 0:
+        raise ConfigError(f"model.eval_burn_in={eval_burn_in!r} must be a whole number >= 0 "
+                          "(tokens a held-out row reads before it scores; 128 is the default)")
     if not _number(dropout) or not 0.0 <= dropout < 1.0:
         raise ConfigError(f"model.dropout={dropout} must be in [0, 1)")
     if not _number(keep_prob) or not 0.0 < keep_prob <= 1.0:

@@ -35,6 +35,7 @@ from rnnlab.kernels.choice import linear, stream_threads
 from rnnlab.models.clipping import clip_grad_norm_book, global_grad_norm
 from rnnlab.models.cores import ScratchRNN, State, detach_state
 from rnnlab.models.perplexity import HeldOutScore
+from rnnlab.models.streams import parallel_stream
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +51,12 @@ class LanguageModel(pl.LightningModule):
         dropout: float = 0.0,
         locked_dropout: bool = False,
         keep_prob: float = 1.0,
+        eval_chunks: int = 16,
+        eval_burn_in: int = 128,
     ):
         super().__init__()
-        language_model(dropout, keep_prob, embedding_dim)  # rnnlab.config.checks: before torch too
+        # rnnlab.config.checks: before torch too
+        language_model(dropout, keep_prob, embedding_dim, eval_chunks, eval_burn_in)
         self.vocab_size = vocab_size
         self.embedding = nn.Embedding(vocab_size, embedding_dim) if embedding_dim else None
         self.core = core(input_size=embedding_dim or vocab_size)
@@ -65,6 +69,8 @@ class LanguageModel(pl.LightningModule):
         elif keep_prob < 1.0:
             log.warning("bptt.keep_prob=%s applies to model=rnn_scratch only; ignored", keep_prob)
         self.dropout, self.locked_dropout = dropout, locked_dropout
+        # one held-out stream read as eval_chunks rows at once (models.streams: same numbers)
+        self.eval_chunks, self.eval_burn_in = eval_chunks, eval_burn_in
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.carry_state = True  # set from the datamodule's sampling in setup()
         self.vocab = None  # the datamodule's Vocab; saved into every checkpoint
@@ -120,7 +126,11 @@ class LanguageModel(pl.LightningModule):
 
     def _loss(self, batch, carry: bool) -> tuple[torch.Tensor, int]:
         X, Y = batch
-        logits, state = self(X, self._step_state(X, carry))
+        if not self.training and X.shape[0] == 1:  # one held-out stream
+            logits, state = parallel_stream(self, X, self._step_state(X, carry),
+                                            self.eval_chunks, self.eval_burn_in)
+        else:
+            logits, state = self(X, self._step_state(X, carry))
         self._state = state if carry else None
         return F.cross_entropy(logits, Y.T.reshape(-1).long()), Y.numel()
 

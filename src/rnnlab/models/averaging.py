@@ -1,6 +1,6 @@
 """Weight averaging: validate, checkpoint and score an exponential moving average of the weights.
 
-    callbacks: {averaging: {_target_: rnnlab.training.averaging.WeightAverage, decay: 0.998}}
+    callbacks: {averaging: {_target_: rnnlab.models.averaging.WeightAverage, decay: 0.998}}
 
 After every optimizer step the average moves toward the weights: avg = d * avg + (1 - d) * w,
 starting from the weights after the first step (so there is no bias to correct). At the start of

@@ -12,10 +12,10 @@ from conftest import make_cfg
 from torch import nn
 
 from rnnlab.errors import ConfigError
-from rnnlab.training.averaging import WeightAverage
+from rnnlab.models.averaging import WeightAverage
 from rnnlab.training.run import train
 
-AVERAGING = ["+callbacks.averaging._target_=rnnlab.training.averaging.WeightAverage"]
+AVERAGING = ["+callbacks.averaging._target_=rnnlab.models.averaging.WeightAverage"]
 
 
 def set_weights(module: nn.Module, value: float) -> None:
