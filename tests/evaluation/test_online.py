@@ -21,6 +21,7 @@ from rnnlab.evaluation.dynamic_krause import (
 )
 from rnnlab.evaluation.heldout import stream_log_probs
 from rnnlab.evaluation.online_mixture import initial_weights, mixture_features, online_mixture
+from rnnlab.evaluation.word_completion import WordCompletion
 from rnnlab.models.cores import TorchRNN
 from rnnlab.models.kneser_ney import KneserNeyLM
 from rnnlab.models.lm import LanguageModel
@@ -166,11 +167,13 @@ def test_every_expert_and_feature_row_is_causal():
     model, kn = tiny_lstm(), KneserNeyLM(ids_of(300, 13), order=3, vocab_size=V)
     ids, p = ids_of(50, 14), 30
     dyn = krause_log_probs(model, ids, [torch.ones_like(q) for q in model.parameters()], 0.01)
-    E, F = expert_streams(model, ids, kn, dyn)
+    words = WordCompletion(ids_of(300, 13), separator=0, vocab_size=V)
+    E, F, names = expert_streams(model, ids, kn, dyn, words)
     changed = changed_at(ids, p)
-    E2, F2 = expert_streams(model, changed, kn, krause_log_probs(
-        model, changed, [torch.ones_like(q) for q in model.parameters()], 0.01))
-    assert E.shape == (4, 49, V) and F.shape[0] == 49
+    E2, F2, _ = expert_streams(model, changed, kn, krause_log_probs(
+        model, changed, [torch.ones_like(q) for q in model.parameters()], 0.01), words)
+    assert names == ["lstm", "lstm_dynamic", "ngram", "ngram_adaptive", "words"]
+    assert E.shape == (5, 49, V) and F.shape[0] == 49
     np.testing.assert_array_equal(E[:, :p], E2[:, :p])
     np.testing.assert_array_equal(F[:p], F2[:p])
     assert not np.array_equal(E[:, p:], E2[:, p:]) and not np.array_equal(F[p:], F2[p:])
@@ -198,11 +201,13 @@ def test_adaptive_evaluation_chooses_on_val_and_test_changes_nothing_chosen():
 def test_training_job_reports_every_adaptive_part(cfg_factory):
     cfg = cfg_factory("model=lstm", "trainer.max_epochs=1", "eval.dynamic=true",
                       "eval.lr=[0.001]", "eval.window=16", "eval.krause=true",
-                      "eval.krause_lr=[0.0001]", "+ngram_mix.order=3", "+ngram_mix.online=true")
+                      "eval.krause_lr=[0.0001]", "+ngram_mix.order=3", "+ngram_mix.online=true",
+                      "+ngram_mix.words=2")
     got = train(cfg)
     s = json.loads((Path(cfg.paths.output_dir) / "summary.json").read_text())
     for key in ("val_ppl_krause", "test_ppl_krause", "val_ppl_online", "test_ppl_online",
-                "val_ppl_ngram_adaptive", "val_ppl_adapt_mix", "online_lr"):
+                "val_ppl_ngram_adaptive", "val_ppl_adapt_mix", "online_lr", "val_ppl_words",
+                "test_ppl_words"):
         assert s[key] is not None, key
     assert s["dyn_rule"] in ("rms", "krause") and got == s["val_ppl_online"]
 

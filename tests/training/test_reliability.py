@@ -35,6 +35,8 @@ def summary(cfg) -> dict:
     ("data.num_steps=5000", "fewer than one minibatch"),
     ("data.min_freq=100000", "only <unk>"),
     ("ckpt_path=/no/such.ckpt", "ckpt_path=/no/such.ckpt does not exist"),
+    ("ngram_mix={order:10,words:3}", "ngram_mix.words=3 is an expert of the online mixture"),
+    ("ngram_mix={order:10,online:true,words:3}", None),  # with word tokens: refused below
     ("bptt=full", None),  # full with random sampling is refused below
 ])
 @pytest.mark.slow
@@ -42,6 +44,9 @@ def test_bad_settings_are_refused_with_the_value_and_the_fix(cfg_factory, overri
     if override == "bptt=full":
         override, match = "data.sampling=random", "needs data.sampling=sequential"
         cfg = cfg_factory("bptt=full", override)
+    elif "online:true,words" in override:
+        match = r"ngram_mix.words=3 reads words by characters; data.token='word'"
+        cfg = cfg_factory(override, "data.token=word")
     else:
         cfg = cfg_factory(override)
     with pytest.raises((ConfigError, ValueError), match=match):

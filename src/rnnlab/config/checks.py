@@ -205,12 +205,20 @@ def train_config(cfg) -> None:
                    model.get("embedding_dim"))
     mix = cfg.get("ngram_mix")
     if mix is not None:
-        if not hasattr(mix, "keys") or set(mix) - {"order", "online"}:
-            raise ConfigError(f"ngram_mix={mix!r} must be null or {{order: N, online: bool}}, "
-                              f"e.g. ngram_mix.order=10")
+        if not hasattr(mix, "keys") or set(mix) - {"order", "online", "words"}:
+            raise ConfigError(f"ngram_mix={mix!r} must be null or {{order: N, online: bool, "
+                              f"words: N or null}}, e.g. ngram_mix.order=10")
         positive_int("ngram_mix.order", mix.get("order", 10))
         if not isinstance(mix.get("online", False), bool):
             raise ConfigError(f"ngram_mix.online={mix.online} must be true or false")
+        if mix.get("words") is not None:
+            positive_int("ngram_mix.words", mix.words)
+            if not mix.get("online"):
+                raise ConfigError(f"ngram_mix.words={mix.words} is an expert of the online "
+                                  f"mixture: set ngram_mix.online=true too")
+            if cfg.data.get("token", "char") != "char":
+                raise ConfigError(f"ngram_mix.words={mix.words} reads words by characters; "
+                                  f"data.token={cfg.data.token!r}: set ngram_mix.words=null")
         _scores_the_tested_checkpoint(cfg, "ngram_mix", "its weight")
     ev = cfg.get("eval")
     if ev is not None and ev.get("dynamic"):

@@ -34,6 +34,7 @@ from rnnlab.config.saved import save_config
 from rnnlab.errors import ConfigError
 from rnnlab.evaluation.adaptive_eval import evaluate_adaptive, evaluate_dynamic_rules
 from rnnlab.evaluation.mixture import evaluate_mixture
+from rnnlab.evaluation.word_completion import WordCompletion
 from rnnlab.kernels import choice as kernels
 from rnnlab.training.checkpoints import AtomicCheckpointIO
 from rnnlab.training.choices import KeepChoices, RunChoices
@@ -280,7 +281,8 @@ def _fit_and_test(cfg: DictConfig, out_dir: Path, summary: dict, rank0: bool = T
             order = cfg.ngram_mix.get("order", 10)
             extra.update(evaluate_mixture(model, dm.corpus, len(dm.vocab), order, dynamic))
             if cfg.ngram_mix.get("online"):  # and the parts that learn while they score
-                extra.update(evaluate_adaptive(model, dm.corpus, len(dm.vocab), order, dynamic))
+                extra.update(evaluate_adaptive(model, dm.corpus, len(dm.vocab), order, dynamic,
+                                               words=word_expert(cfg.ngram_mix, dm)))
         for lg in loggers if extra else []:  # not the settings of a grid with no finite one
             lg.log_metrics({k: v for k, v in extra.items() if isinstance(v, (int, float))},
                            step=trainer.global_step)
@@ -289,6 +291,18 @@ def _fit_and_test(cfg: DictConfig, out_dir: Path, summary: dict, rank0: bool = T
         if isinstance(lg, RunLogger):  # the HParams tab's row for this run
             lg.log_session(cfg, summary, step=trainer.global_step)
     return stopper
+
+
+def word_expert(mix: DictConfig, dm) -> WordCompletion | None:
+    """`ngram_mix.words`' word n-gram of the training split, read by characters (words are the
+    runs between spaces), or None."""
+    if not mix.get("words"):
+        return None
+    if dm.token != "char" or " " not in dm.vocab.token_to_idx:
+        raise ConfigError(f"ngram_mix.words={mix.words} reads words between spaces of character "
+                          f"tokens; this run's tokens are {dm.token!r} with no ' ' token: set "
+                          f"ngram_mix.words=null")
+    return WordCompletion(dm.corpus["train"], dm.vocab[" "], len(dm.vocab), order=mix.words)
 
 
 def dense_one_hot(model: DictConfig) -> bool:
