@@ -20,7 +20,7 @@ TRAIN = ids("the cat sat on the mat and the dog sat on the log " * 5)
 
 
 def prob(expert: WordCompletion, text: str, nxt: str) -> float:
-    logp, _ = expert.stream_log_probs(ids(text + nxt))
+    logp, _, _ = expert.stream_log_probs(ids(text + nxt))
     return float(np.exp(logp[-1, LETTERS.index(nxt)]))
 
 
@@ -30,11 +30,12 @@ def test_each_row_is_causal_and_sums_to_one(p):
     text = ids("the cat sat on the log and the dog sat on the mat")
     changed = text.clone()
     changed[p] = (text[p] % (V - 1)) + 1 if text[p] else 5  # another letter (a space: "e")
-    a, ma = expert.stream_log_probs(text)
-    b, mb = expert.stream_log_probs(changed)
+    a, ma, la = expert.stream_log_probs(text)
+    b, mb, lb = expert.stream_log_probs(changed)
     # row i is P(. | text[:i+1]): rows before p have not read text[p] (row p-1 predicts it)
     np.testing.assert_array_equal(a[:p], b[:p])
     np.testing.assert_array_equal(ma[:p], mb[:p])
+    np.testing.assert_array_equal(la[:p], lb[:p])
     assert not np.array_equal(a[p:], b[p:])
     np.testing.assert_allclose(np.exp(a).sum(-1), 1.0, atol=1e-9)
 
@@ -49,13 +50,13 @@ def test_it_completes_known_words_and_uses_the_words_before():
 
 def test_a_word_it_has_not_seen_is_learned_once_read_and_forgotten_after_the_split():
     expert = WordCompletion(TRAIN, separator=0, vocab_size=V, order=2)
-    logp, matched = expert.stream_log_probs(ids("the zebra sat the zebra sat"))
+    logp, matched, length = expert.stream_log_probs(ids("the zebra sat the zebra sat"))
     z1, z2 = 4, 18  # the rows that predict "e" in the first and the second "zebra"
-    assert not matched[z1] and matched[z2]
+    assert not matched[z1] and matched[z2] and length[z1] == length[z2] == 1
     e = LETTERS.index("e")
     assert logp[z1, e] == pytest.approx(np.log(1 / V))  # nothing known: uniform
     assert np.exp(logp[z2, e]) > 0.5
-    again, _ = expert.stream_log_probs(ids("the zebra sat the zebra sat"))
+    again, _, _ = expert.stream_log_probs(ids("the zebra sat the zebra sat"))
     np.testing.assert_array_equal(logp, again)  # the next split starts from the training counts
 
 

@@ -13,11 +13,11 @@ split (static), the same n-gram counting the split as it scores it (evaluation.a
 and, when given, a word n-gram read by characters (evaluation.word_completion, also counting).
 evaluation.online_mixture combines them with weights that depend on the context (the dynamic
 LSTM's and the adaptive n-gram's entropies, the longest n-gram context seen, the context's last
-token, whether a known word extends the current one) and learn from every scored token. Its
-learning rate, and whether it mixes every expert or only those that adapt, are chosen on val
-(read online from the experts' geometric mean); test starts from the weights val taught
-(`passes` online passes over val at that rate) and keeps learning as it reads. Test is scored
-once. Beside it, for the record of what each part adds: the adaptive n-gram alone and its
+token, whether a known word extends the current one and its length) and learn from every scored
+token. Its learning rate, and whether it mixes every expert or only those that adapt, are
+chosen on val (read online from the experts' geometric mean); test starts from the weights val
+taught (`passes` online passes over val at that rate) and keeps learning as it reads. Test is
+scored once. Beside it, for the record of what each part adds: the adaptive n-gram alone and its
 log-linear mixture with the (dynamic) LSTM at one weight chosen on val (`adapt_mix`, the static
 `ngram_mix` with adaptive counts).
 """
@@ -77,9 +77,9 @@ def expert_streams(model: torch.nn.Module, ids: torch.Tensor, kn: KneserNeyLM,
     named = {"lstm": lstm, "lstm_dynamic": dyn, "ngram": static, "ngram_adaptive": adaptive}
     features = mixture_features(dyn if dyn is not None else lstm, adaptive, matched, kn.order,
                                 ids[:-1].numpy())  # row t's context ends with ids[t]
-    if words is not None:  # and whether a known word extends the current word's prefix
-        named["words"], known = words.stream_log_probs(ids)
-        features = np.column_stack([features, known])
+    if words is not None:  # whether a known word extends the current word's prefix, and one-hot
+        named["words"], known, length = words.stream_log_probs(ids)  # its length (0..5, 6+)
+        features = np.column_stack([features, known, np.eye(7)[np.minimum(length, 6)]])
     named = {k: v for k, v in named.items() if v is not None}
     return np.stack(list(named.values())), features, list(named)
 

@@ -2,7 +2,8 @@
 
     expert = WordCompletion(train_ids, separator=vocab[" "], vocab_size=len(vocab), order=3)
     # discount 0.9 and floor 0.02: chosen on val with experiment=best (docs/results.md)
-    logp, matched = expert.stream_log_probs(val_ids)  # (L-1, V), (L-1,); counts grow as it reads
+    logp, matched, prefix = expert.stream_log_probs(val_ids)  # (L-1, V), (L-1,), (L-1,)
+    # counts grow as it reads; matched: a known word extends the prefix; prefix: its length
 
 Text is cut into words at the separator token (the space). P(word | the order-1 words before it)
 is an interpolated absolute-discounting word n-gram (each order's discounted counts, the rest of
@@ -106,9 +107,10 @@ class WordCompletion:
             return np.full(self.V, 1.0 / self.V), False
         return (1.0 - self.floor) * mass / total + self.floor / self.V, True
 
-    def stream_log_probs(self, ids) -> tuple[np.ndarray, np.ndarray]:
-        """(L-1, V) log-probabilities of ids[1:] and (L-1,) whether a known word extended the
-        prefix, reading ids in order and counting each finished word (training counts first)."""
+    def stream_log_probs(self, ids) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(L-1, V) log-probabilities of ids[1:], (L-1,) whether a known word extended the
+        prefix and (L-1,) the prefix's length, reading ids in order and counting each finished
+        word (training counts first)."""
         ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
         if len(ids) < 2:
             raise ValueError("nothing to score: a split needs at least 2 tokens")
@@ -117,6 +119,7 @@ class WordCompletion:
         current: list[int] = []
         out = np.empty((len(ids) - 1, self.V))
         matched = np.zeros(len(ids) - 1, dtype=bool)
+        lengths = np.zeros(len(ids) - 1, dtype=np.int64)
         try:
             for t, i in enumerate(ids[:-1]):
                 if i == self.sep:
@@ -127,10 +130,10 @@ class WordCompletion:
                 else:
                     current.append(int(i))
                 p, matched[t] = self.probs(history, tuple(current))
-                out[t] = np.log(p)
+                out[t], lengths[t] = np.log(p), len(current)
         finally:
             self._restore(saved)
-        return out, matched
+        return out, matched, lengths
 
     # each split starts from the training counts: what a stream adds is undone after it
     def _snapshot(self):
