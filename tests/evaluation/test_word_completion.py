@@ -45,7 +45,16 @@ def test_it_completes_known_words_and_uses_the_words_before():
     assert prob(expert, "the ca", "t") > 0.9  # the only known word starting "ca"
     # after "the" come cat, mat, dog, log; after "sat on the" only mat and log
     assert prob(expert, "sat on the ", "m") > 2 * prob(expert, "sat on the ", "c")
-    assert prob(expert, "the mat and ", "t") > 0.9  # "and" is always followed by "the"
+    assert prob(expert, "the mat and ", "t") > 0.8  # "and" is always followed by "the"
+
+
+def test_below_the_top_order_a_word_counts_the_words_it_followed_not_its_frequency():
+    # "york" 20 times, always after "new"; "yak" once: after a word never seen, both followed one
+    # distinct word, so Kneser-Ney gives them the same share (raw counts would give york 20x)
+    expert = WordCompletion(ids("new york " * 20 + "the cat the yak "), separator=0,
+                            vocab_size=V, order=2)
+    assert prob(expert, "zzz y", "o") == pytest.approx(prob(expert, "zzz y", "a"))
+    assert prob(expert, "new y", "o") > 0.9  # after "new" the bigram knows
 
 
 def test_a_word_it_has_not_seen_is_learned_once_read_and_forgotten_after_the_split():

@@ -1,17 +1,19 @@
 """A word n-gram read one character at a time: an expert for char models that knows whole words.
 
-    expert = WordCompletion(train_ids, separator=vocab[" "], vocab_size=len(vocab), order=3)
+    expert = WordCompletion(train_ids, separator=vocab[" "], vocab_size=len(vocab), order=4)
     # discount 0.9 and floor 0.02: chosen on val with experiment=best (docs/results.md)
     logp, matched, prefix = expert.stream_log_probs(val_ids)  # (L-1, V), (L-1,), (L-1,)
     # counts grow as it reads; matched: a known word extends the prefix; prefix: its length
 
 Text is cut into words at the separator token (the space). P(word | the order-1 words before it)
-is an interpolated absolute-discounting word n-gram (each order's discounted counts, the rest of
-its mass to the order below, down to the words' relative frequencies). The next character's
-distribution, given the words before and the current word's prefix p, is the probability mass of
-the words that extend p, split by the character that follows p in each (the separator for p
-itself): P(c | p, h) = sum over words w = p c ... of P(w | h) / sum over words w = p ... of
-P(w | h). A 10-gram of characters sees about two words back; this sees `order` - 1 whole words
+is an interpolated Kneser-Ney word n-gram: each order's counts less a discount, the rest of its
+mass to the order below; below the top order a word counts the distinct words it followed
+(continuation counts), so a word frequent only after one other word is rare elsewhere. A text's
+first words have empty words (None) before them. The next character's distribution, given the
+words before and the current word's prefix p, is the probability mass of the words that extend
+p, split by the character that follows p in each (the separator for p itself):
+P(c | p, h) = sum over words w = p c ... of P(w | h) / sum over words w = p ... of P(w | h).
+A 10-gram of characters sees about two words back; this sees `order` - 1 whole words
 and the whole current word however long they are. Where no known word extends p (a new word), it
 says nothing: the uniform distribution, and `matched` is False there. A little uniform mass
 (`floor`) keeps every probability above zero.
@@ -29,7 +31,7 @@ import numpy as np
 
 
 class WordCompletion:
-    def __init__(self, ids, separator: int, vocab_size: int, order: int = 3,
+    def __init__(self, ids, separator: int, vocab_size: int, order: int = 4,
                  discount: float = 0.9, floor: float = 0.02):
         if order < 1:
             raise ValueError(f"order={order} must be a positive integer")
@@ -37,15 +39,19 @@ class WordCompletion:
             raise ValueError(f"discount={discount} and floor={floor} must lie in (0, 1)")
         self.sep, self.V, self.order = separator, vocab_size, order
         self.D, self.floor = discount, floor
-        # counts[n][history of n-1 words][word]; prefix_mass[p][c]: the unigram counts of the
-        # words that extend the prefix p with the character c (the separator: p is the word)
+        # counts[n][history of n-1 words][word] (continuation counts below the top order);
+        # prefix_mass[p][c]: the unigram continuation counts of the words that extend the prefix
+        # p with the character c (the separator: p is the word)
         self.counts = [None] + [defaultdict(Counter) for _ in range(order)]
         self.totals = [None] + [Counter() for _ in range(order)]
         self.prefix_mass: dict[tuple, np.ndarray] = {}
-        history: list[tuple] = []
+        history = self._start()
         for word in self._words(ids):
             self.add(history, word)
             history.append(word)
+
+    def _start(self) -> list:
+        return [None] * (self.order - 1)  # what precedes a text's first word
 
     def _words(self, ids) -> list[tuple]:
         ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
@@ -61,19 +67,24 @@ class WordCompletion:
             words.append(tuple(current))
         return words
 
-    def add(self, history: list[tuple], word: tuple) -> None:
-        """Count `word` after `history` at every order; its prefixes' unigram masses grow."""
-        for n in range(1, self.order + 1):
-            if n > 1 and len(history) < n - 1:
-                break
+    def add(self, history: list, word: tuple) -> None:
+        """Count `word` after `history`: at the top order always; at each order below only when
+        the order above saw this word after this context for the first time (a new left
+        extension). The unigram continuation counts feed the prefixes' masses."""
+        for n in range(self.order, 0, -1):
             ctx = tuple(history[len(history) - (n - 1):]) if n > 1 else ()
-            self.counts[n][ctx][word] += 1
+            table = self.counts[n][ctx]
+            first = table[word] == 0
+            table[word] += 1
             self.totals[n][ctx] += 1
-        for k in range(len(word) + 1):
-            mass = self.prefix_mass.get(word[:k])
-            if mass is None:
-                mass = self.prefix_mass[word[:k]] = np.zeros(self.V)
-            mass[word[k] if k < len(word) else self.sep] += 1.0
+            if n == 1:
+                for k in range(len(word) + 1):
+                    mass = self.prefix_mass.get(word[:k])
+                    if mass is None:
+                        mass = self.prefix_mass[word[:k]] = np.zeros(self.V)
+                    mass[word[k] if k < len(word) else self.sep] += 1.0
+            if not first:
+                break
 
     def _extend(self, word: tuple, prefix: tuple) -> int | None:
         n = len(prefix)
@@ -81,14 +92,12 @@ class WordCompletion:
             return None
         return word[n] if len(word) > n else self.sep
 
-    def probs(self, history: list[tuple], prefix: tuple) -> tuple[np.ndarray, bool]:
+    def probs(self, history: list, prefix: tuple) -> tuple[np.ndarray, bool]:
         """P(next token | the words before, the current word's prefix); whether a known word
         extends the prefix."""
         mass = np.zeros(self.V)
         weight = 1.0  # what the orders above have left to this one
         for n in range(self.order, 1, -1):
-            if len(history) < n - 1:
-                continue
             ctx = tuple(history[len(history) - (n - 1):])
             total = self.totals[n].get(ctx, 0)
             if not total:
@@ -115,7 +124,7 @@ class WordCompletion:
         if len(ids) < 2:
             raise ValueError("nothing to score: a split needs at least 2 tokens")
         saved = self._snapshot()
-        history: list[tuple] = []
+        history = self._start()
         current: list[int] = []
         out = np.empty((len(ids) - 1, self.V))
         matched = np.zeros(len(ids) - 1, dtype=bool)
