@@ -39,12 +39,13 @@ from rnnlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-# resources, resume machinery, file names and the sample's prefix, not the experiment: they may
-# change between launches (the best checkpoint's name format and the prefix's default changed
-# once; an old sweep still resumes)
+# resources, resume machinery, file names, the sample's prefix and how held-out text is read
+# (windows, rows side by side: the same scores to 1e-6), not the experiment: they may change
+# between launches (the best checkpoint's name format, the prefix's default and the held-out
+# window changed once; an old sweep still resumes)
 IGNORED = ("retry_failed", "ckpt_path", "torch_threads", "paths", "data.data_dir",
            "callbacks.checkpoint.filename", "callbacks.sample_text.prefix", "kernels.cache_dir",
-           "kernels.retime")
+           "kernels.retime", "data.eval_num_steps", "model.eval_chunks", "model.eval_burn_in")
 # keys added after sweeps were made, at the values that do what their absence did: an old
 # sweep (no such key) and a new one at these values are the same experiment
 ADDED_AS_BEFORE = {"eval.krause": False, "eval.krause_lr": [0.0001], "eval.krause_decay": [0.0]}
