@@ -55,6 +55,17 @@ def test_bad_settings_are_refused_with_the_value_and_the_fix(cfg_factory, overri
 
 
 @pytest.mark.slow
+def test_a_word_expert_on_text_without_spaces_is_refused_before_training(cfg_factory, tmp_path):
+    text = tmp_path / "nospaces.txt"
+    text.write_text("timetraveller" * 400)
+    cfg = cfg_factory("ngram_mix={order:3,online:true,words:2}", path=text)
+    with pytest.raises(ConfigError, match=r"ngram_mix.words=2 reads words between spaces.*no "
+                                          r"' ' among them: set ngram_mix.words=null"):
+        train(cfg)
+    assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()  # refused before training
+
+
+@pytest.mark.slow
 def test_cli_error_is_one_line_and_exit_code_2(corpus_file, tmp_path):
     proc = run_script("scripts/train.py", f"data.path={corpus_file}", "data.sampling=shuffled",
                       f"hydra.run.dir={tmp_path / 'cli'}", timeout=120)

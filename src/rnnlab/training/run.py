@@ -225,6 +225,8 @@ def _fit_and_test(cfg: DictConfig, out_dir: Path, summary: dict, rank0: bool = T
         log.info(data_line(summary["data"], dense_one_hot(cfg.model)))
     if cfg.bptt.mode == "full":
         check_full_bptt_memory(cfg, len(dm.corpus["train"]), len(dm.vocab))
+    if cfg.get("ngram_mix") and cfg.ngram_mix.get("words"):  # before training, not after it
+        has_words(cfg.ngram_mix, dm)
     model = build(cfg.model, vocab_size=len(dm.vocab))
     model.run_config = OmegaConf.to_container(cfg, resolve=True)
     if cfg.get("ckpt_path"):
@@ -293,15 +295,20 @@ def _fit_and_test(cfg: DictConfig, out_dir: Path, summary: dict, rank0: bool = T
     return stopper
 
 
+def has_words(mix: DictConfig, dm) -> None:
+    """`ngram_mix.words` needs character tokens with a space among them."""
+    if dm.token != "char" or " " not in dm.vocab.token_to_idx:
+        raise ConfigError(f"ngram_mix.words={mix.words} reads words between spaces of character "
+                          f"tokens; this run's text has {dm.token} tokens and no ' ' among them: "
+                          f"set ngram_mix.words=null")
+
+
 def word_expert(mix: DictConfig, dm) -> WordCompletion | None:
     """`ngram_mix.words`' word n-gram of the training split, read by characters (words are the
     runs between spaces), or None."""
     if not mix.get("words"):
         return None
-    if dm.token != "char" or " " not in dm.vocab.token_to_idx:
-        raise ConfigError(f"ngram_mix.words={mix.words} reads words between spaces of character "
-                          f"tokens; this run's tokens are {dm.token!r} with no ' ' token: set "
-                          f"ngram_mix.words=null")
+    has_words(mix, dm)
     return WordCompletion(dm.corpus["train"], dm.vocab[" "], len(dm.vocab), order=mix.words)
 
 
