@@ -60,6 +60,7 @@ def test_rows_give_the_one_stream_logits_and_state(kind):
     assert got.shape == ref.shape == (1003, 28)
     assert torch.allclose(got, ref, atol=1e-5)
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(state, ref_state))
+    assert all(s.is_contiguous() for s in state)  # cuDNN refuses a strided hidden state
 
 
 def test_a_row_that_does_not_forget_is_read_again_from_the_true_state():
@@ -79,16 +80,22 @@ def test_a_row_that_does_not_forget_is_read_again_from_the_true_state():
 
 def test_short_streams_and_one_chunk_are_read_as_one_stream():
     model = _model("scratch")
-    for n, chunks in ((100, 16), (5000, 1)):  # too short for 16 rows of 40 + 40; or asked
-        forward = Counting(model)
+    for n, chunks, burn_in in ((100, 16, 40), (5000, 1, 40), (5000, 16, 0)):
+        forward = Counting(model)  # too short for 16 rows of 40 + 40; one row; no burn-in
         with torch.no_grad():
-            parallel_stream(forward, _ids(n).view(1, -1), model.begin_state(1), chunks, 40)
+            parallel_stream(forward, _ids(n).view(1, -1), model.begin_state(1), chunks, burn_in)
         assert forward.rows == [1]
 
 
-def test_held_out_scores_are_the_one_stream_scores():
+def test_held_out_scores_are_the_one_stream_scores(monkeypatch):
+    from rnnlab.models import streams
+
+    checked = []
+    agree = streams._agree
+    monkeypatch.setattr(streams, "_agree", lambda *a: checked.append(agree(*a)) or checked[-1])
     ids = _ids(3001)
     parallel = stream_log_probs(_model("lstm", eval_chunks=8, eval_burn_in=64), ids, chunk=1500)
+    assert len(checked) == 2 * 7 and all(checked)  # two windows of 8 rows, every check passed
     one = stream_log_probs(_model("lstm", eval_chunks=1), ids, chunk=1500)
     assert torch.allclose(parallel, one, atol=1e-5)
     assert abs(token_ppl(parallel, ids) - token_ppl(one, ids)) < 1e-6 * token_ppl(one, ids)

@@ -137,7 +137,8 @@ def evaluate_adaptive(model: torch.nn.Module, corpus: dict[str, torch.Tensor], v
             if name in names:
                 result[f"{s}/ppl_{name}"] = _ppl_of(experts[s][names.index(name)], targets[s])
     # the adaptive n-gram in the static mixture's place: one weight on the (dynamic) LSTM
-    rnn = {s: torch.from_numpy(experts[s][1 if dynamic is not None else 0]) for s in splits}
+    last_lstm = names.index("lstm_dynamic" if "lstm_dynamic" in names else "lstm")
+    rnn = {s: torch.from_numpy(experts[s][last_lstm]) for s in splits}
     ngram = {s: torch.from_numpy(experts[s][names.index("ngram_adaptive")]) for s in splits}
     y = {s: torch.from_numpy(targets[s]) for s in splits}
     a = min(GRID, key=lambda w: _ppl(rnn["val"], ngram["val"], y["val"], w))

@@ -28,7 +28,8 @@ Forward = Callable[[torch.Tensor, State], tuple[torch.Tensor, State]]
 
 
 def _rows(state: State, index) -> State:
-    return tuple(s[..., index, :] for s in state)
+    # contiguous: cuDNN refuses a strided hidden state (a (layers, rows, H) slice is one)
+    return tuple(s[..., index, :].contiguous() for s in state)
 
 
 def _agree(a: State, b: State, atol: float) -> bool:
@@ -43,7 +44,7 @@ def parallel_stream(forward: Forward, X: torch.Tensor, state: State, chunks: int
     if X.shape[0] != 1:
         raise ValueError(f"parallel_stream reads one stream: X has {X.shape[0]} rows")
     L = (T - burn_in) // chunks  # scored tokens per row after its burn-in
-    if chunks <= 1 or burn_in > L:  # too short for the burn-in to pay: one stream
+    if chunks <= 1 or burn_in < 1 or burn_in > L:  # no burn-in, or too short for it: one stream
         return forward(X, state)
     head = T - burn_in - chunks * L  # < chunks tokens first, so the rows end exactly at T
     logits = []
