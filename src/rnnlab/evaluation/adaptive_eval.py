@@ -84,6 +84,11 @@ def expert_streams(model: torch.nn.Module, ids: torch.Tensor, kn: KneserNeyLM,
     return np.stack(list(named.values())), features, list(named)
 
 
+def _last_lstm(names: list[str]) -> int:
+    """The index of the LSTM the mixtures use: the dynamic one when there is one."""
+    return names.index("lstm_dynamic" if "lstm_dynamic" in names else "lstm")
+
+
 def online_choice(experts: dict[str, np.ndarray], features: dict[str, np.ndarray],
                   targets: dict[str, np.ndarray], names: list[str],
                   lrs: tuple[float, ...] = LEARNING_RATES, passes: int = 2
@@ -94,8 +99,8 @@ def online_choice(experts: dict[str, np.ndarray], features: dict[str, np.ndarray
     K = len(experts["val"])
     # every expert, or the ones that adapt (the last LSTM, the adaptive n-gram, the words):
     # fewer weights to learn from 8k tokens can beat more experts
-    last_lstm = "lstm_dynamic" if "lstm_dynamic" in names else "lstm"
-    adapting = [names.index(n) for n in (last_lstm, "ngram_adaptive", "words") if n in names]
+    adapting = [_last_lstm(names)] + [names.index(n) for n in ("ngram_adaptive", "words")
+                                      if n in names]
     subsets = {"all": list(range(K))}
     if len(adapting) < K:
         subsets["adaptive"] = adapting
@@ -137,8 +142,7 @@ def evaluate_adaptive(model: torch.nn.Module, corpus: dict[str, torch.Tensor], v
             if name in names:
                 result[f"{s}/ppl_{name}"] = _ppl_of(experts[s][names.index(name)], targets[s])
     # the adaptive n-gram in the static mixture's place: one weight on the (dynamic) LSTM
-    last_lstm = names.index("lstm_dynamic" if "lstm_dynamic" in names else "lstm")
-    rnn = {s: torch.from_numpy(experts[s][last_lstm]) for s in splits}
+    rnn = {s: torch.from_numpy(experts[s][_last_lstm(names)]) for s in splits}
     ngram = {s: torch.from_numpy(experts[s][names.index("ngram_adaptive")]) for s in splits}
     y = {s: torch.from_numpy(targets[s]) for s in splits}
     a = min(GRID, key=lambda w: _ppl(rnn["val"], ngram["val"], y["val"], w))
