@@ -37,6 +37,7 @@ GROUPS = {  # an action goes to the first group whose test matches it
 }
 
 
+QUICK = ["data.max_tokens=4000", "model.core.num_hiddens=16"]  # --quick: tiny sizes
 # hooks that run inside run_training_batch (Lightning's optimizer closure): already counted there
 INSIDE_BATCH = ("optimizer_step", "backward", "training_step", "zero_grad", "clipping",
                 "on_before_optimizer_step", "on_after_backward", "on_before_backward")
@@ -94,18 +95,11 @@ def callback_clock(result: dict, summary: dict) -> dict:
     return result
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--quick", action="store_true", help="tiny sizes: checks the machinery")
-    p.add_argument("--out", type=Path, default=None)
-    p.add_argument("overrides", nargs="*", help="scripts/train.py overrides (after --)")
-    args = p.parse_args()
-    overrides = list(args.overrides)
-    if args.quick:
-        overrides += ["data.max_tokens=4000", "model.core.num_hiddens=16"]
+def profile(epochs: int, overrides: list[str]) -> dict:
+    """Run scripts/train.py for `epochs` epochs under SimpleProfiler with `overrides`; the
+    grouped epoch (summarise, callback_clock) with the CPU, date, threads and precision."""
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "scripts/train.py", f"trainer.max_epochs={args.epochs}",
+        cmd = [sys.executable, "scripts/train.py", f"trainer.max_epochs={epochs}",
                f"hydra.run.dir={tmp}/run",
                "+trainer.profiler._target_=pytorch_lightning.profilers.SimpleProfiler",
                f"+trainer.profiler.dirpath={tmp}", "+trainer.profiler.filename=profile",
@@ -119,7 +113,22 @@ def main() -> None:
     result = callback_clock(summarise(parse(report)), summary)
     result.update(cpu_model=cpu_name(), date=datetime.date.today().isoformat(),
                   threads=summary.get("torch_threads"), precision=summary.get("precision"),
-                  load_average_at_start=load, overrides=overrides)
+                  load_average_at_start=load, overrides=list(overrides))
+    return result
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--quick", action="store_true", help="tiny sizes: checks the machinery")
+    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("overrides", nargs="*", help="scripts/train.py overrides (after --)")
+    args = p.parse_args()
+    overrides = list(args.overrides)
+    if args.quick:
+        overrides += QUICK
+    result = profile(args.epochs, overrides)
+    load = result["load_average_at_start"]
     print(f"CPU: {result['cpu_model']}, {result['threads']} thread(s), {result['precision']}, "
           f"load average {load:.2f} at start")
     print(f"mean epoch {result['epoch_s']:.2f} s over {result['epochs']} epochs:")

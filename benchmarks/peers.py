@@ -133,9 +133,8 @@ def compare(model: str, work: Path, args) -> dict:
             "end_to_end_cpu_ratio": ratio(lambda r: r["end_to_end_cpu"])}
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", nargs="+", choices=list(PEERS), default=list(PEERS))
+def add_options(p: argparse.ArgumentParser) -> None:
+    """The run's shapes and repeats (shared with targets.py)."""
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--short", type=int, default=1, help="epochs of the short run")
     p.add_argument("--long", type=int, default=3, help="epochs of the long run")
@@ -143,8 +142,10 @@ def main() -> None:
     p.add_argument("--hidden", type=int, default=512)
     p.add_argument("--max-tokens", type=int, default=None)
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks that it all runs")
-    p.add_argument("--out", type=Path, default=ROOT / "outputs" / "peers.json")
-    args = p.parse_args()
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Refuse impossible settings; --quick shrinks everything to seconds."""
     if args.long <= args.short:
         sys.exit(f"error: --long={args.long} must be more epochs than --short={args.short}")
     if args.quick:
@@ -153,6 +154,15 @@ def main() -> None:
     if not (ROOT / "outputs" / "data" / "timemachine.txt").is_file():
         sys.exit("error: outputs/data/timemachine.txt is missing; run scripts/train.py once or "
                  "copy the book's file there")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", choices=list(PEERS), default=list(PEERS))
+    add_options(p)
+    p.add_argument("--out", type=Path, default=ROOT / "outputs" / "peers.json")
+    args = p.parse_args()
+    check_options(args)
     cpu = cpu_name()
     print(f"CPU: {cpu}, {args.threads} thread(s), {os.cpu_count()} cores; load average "
           f"{os.getloadavg()[0]:.2f}", flush=True)

@@ -13,7 +13,7 @@ from conftest import make_cfg
 from rnnlab.config import checks
 from rnnlab.errors import ConfigError
 from rnnlab.kernels import choice as kernels
-from rnnlab.kernels.cache import MachineCache, machine_key
+from rnnlab.kernels.cache import ISA_LIMITS, MachineCache, machine_key
 from rnnlab.training.choices import KEY, RunChoices
 from rnnlab.training.run import train
 
@@ -46,6 +46,19 @@ def test_the_machine_cache_times_once_and_names_the_machine(tmp_path):
     assert retimed.decide("tanh 3x7 float32 1 thread", lambda: calls.append(1) or "x") == "tanh"
     assert len(calls) == 2 and MachineCache(tmp_path).read() == {"tanh 3x7 float32 1 thread":
                                                                   "tanh"}
+
+
+def test_a_cap_on_the_instruction_sets_is_another_machine(tmp_path, monkeypatch):
+    for name in ISA_LIMITS:
+        monkeypatch.delenv(name, raising=False)
+    plain = MachineCache(tmp_path)
+    plain.decide("tanh 3x7 float32 1 thread", lambda: "tanh")
+    monkeypatch.setenv("MKL_ENABLE_INSTRUCTIONS", "AVX2")  # MKL runs its AVX2 kernels
+    capped = MachineCache(tmp_path)
+    assert capped.path != plain.path and "MKL_ENABLE_INSTRUCTIONS=AVX2" in machine_key()
+    assert capped.decide("tanh 3x7 float32 1 thread", lambda: "sigmoid") == "sigmoid"
+    monkeypatch.delenv("MKL_ENABLE_INSTRUCTIONS")
+    assert MachineCache(tmp_path).read() == {"tanh 3x7 float32 1 thread": "tanh"}  # kept apart
 
 
 def _decide_slowly(folder: str, log: str, answer: str) -> None:

@@ -48,10 +48,18 @@ def cpu_model(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
     return platform.processor() or platform.machine()
 
 
+# Environment variables that cap the instruction sets torch, MKL and oneDNN use: a process that
+# sets one runs other kernels than the CPU's flags say (benchmarks/targets.py --isa avx2).
+ISA_LIMITS = ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA")
+
+
 def machine_key() -> str:
-    """What decides which kernel wins, other than the shape and threads: the CPU and torch."""
+    """What decides which kernel wins, other than the shape and threads: the CPU, torch and any
+    cap on the instruction sets (none set: the key is the CPU's and torch's alone)."""
     flags = " ".join(sorted(checks.cpu_flags() or ()))
-    return f"{cpu_model()} | {platform.machine()} | torch {torch.__version__} | {flags}"
+    key = f"{cpu_model()} | {platform.machine()} | torch {torch.__version__} | {flags}"
+    limits = " ".join(f"{name}={os.environ[name]}" for name in ISA_LIMITS if os.environ.get(name))
+    return f"{key} | {limits}" if limits else key
 
 
 class MachineCache:
